@@ -1,0 +1,176 @@
+"""Hugging Face EmbeddingGemma checkpoint -> self-contained MLX model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_embedgemma import precision
+from mlx_embedgemma.embedder import EmbeddingGemma
+from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load, weight_problems
+from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
+from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
+
+from .output import atomic_folder, check_target
+from .source import Checkpoint, SourceError, read_checkpoint, resolve
+
+MATRYOSHKA_DIMS = [768, 512, 256, 128]
+# Texts the converter embeds with the source and with the result, to show what quantization cost.
+PROBES = [
+    ("query", "Which planet is known as the Red Planet?"),
+    ("document", "Mars, known for its reddish appearance, is often referred to as the Red Planet."),
+    ("document", "Der Mount Everest ist mit 8848 Metern der höchste Berg der Erde."),
+    ("document", "def reverse(head):\n    prev = None\n    while head:\n        head.next, prev, head = prev, head, head.next\n    return prev"),
+    ("STS", "A man is playing a guitar on stage."),
+    ("document", " ".join(["The quick brown fox jumps over the lazy dog."] * 30)),  # ~300 tokens: past the window
+]
+# Keys of the Hugging Face text config that the network reads (see ModelArgs) or that identify tokens.
+TEXT_CONFIG_KEYS = [
+    "model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "vocab_size", "layer_types", "sliding_window", "max_position_embeddings",
+    "query_pre_attn_scalar", "rms_norm_eps", "rope_theta", "rope_local_base_freq", "hidden_activation",
+    "use_bidirectional_attention", "bos_token_id", "eos_token_id", "pad_token_id",
+]
+
+
+@dataclass
+class ConversionReport:
+    output: Path
+    storage: str
+    size_bytes: int
+    probe_cosines: list[float]
+
+
+def convert(
+    source: str | Path,
+    output: str | Path,
+    *,
+    bits: int = 4,
+    group_size: int = 64,
+    quantize: bool = True,
+    dtype: str = "float32",
+    force: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ConversionReport:
+    """Convert ``source`` (folder or hub id) into ``output``; 4-bit affine, group 64 by default."""
+    out = Path(output).expanduser()
+    quantization = precision.quantization_config(bits, group_size) if quantize else None
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16 (float16 overflows in this model), got {dtype!r}")
+    check_target(out, force)
+
+    folder = resolve(source)
+    log(f"reading {folder}")
+    ckpt = read_checkpoint(folder)
+    config = build_config(ckpt, str(source), quantization, dtype)
+    try:
+        args = ModelArgs.from_dict(config)
+    except ConfigError as e:
+        raise SourceError(f"{folder / 'config.json'}: {e}; this converter handles EmbeddingGemma checkpoints") from None
+    network = EmbeddingGemmaModel(args)
+    problems = weight_problems(network, ckpt.weights)
+    if problems:
+        raise SourceError(
+            f"{folder}: the weights do not match its config.json: {'; '.join(problems)}. "
+            "The checkpoint is damaged or not EmbeddingGemma; download it again"
+        )
+    network.load_weights(list(ckpt.weights.items()), strict=True)
+    reference = _probe(EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32))
+
+    if quantization:
+        precision.quantize(network, quantization)
+    else:
+        precision.cast_floats(network, precision.DTYPES[dtype])
+    mx.eval(network.parameters())
+    storage = precision.describe(config)
+    log(f"writing {out} ({storage})")
+    with atomic_folder(out, force) as tmp:
+        mx.save_safetensors(str(tmp / WEIGHTS_FILE), dict(tree_flatten(network.parameters())), metadata={"format": "mlx"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
+        (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")
+        del network, ckpt
+        converted = _probe(load(tmp))
+        cosines = [float(c) for c in np.sum(reference * converted, axis=1)]
+        if not np.all(np.isfinite(cosines)):
+            raise RuntimeError("the converted model gives non-finite embeddings; nothing was written")
+        size = sum(f.stat().st_size for f in tmp.iterdir())
+    log(f"probe cosine to the float32 source: mean {np.mean(cosines):.5f}, min {np.min(cosines):.5f} over {len(cosines)} texts")
+    return ConversionReport(out, storage, size, cosines)
+
+
+def build_config(ckpt: Checkpoint, source: str, quantization: dict[str, Any] | None, dtype: str) -> dict[str, Any]:
+    missing = [k for k in TEXT_CONFIG_KEYS if k not in ckpt.text_config]
+    if missing:
+        raise SourceError(f"{ckpt.folder / 'config.json'} lacks {missing}; download the checkpoint again")
+    config: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    config.update({k: ckpt.text_config[k] for k in TEXT_CONFIG_KEYS})
+    config["embedding_head"] = {"pooling": "mean", "include_prompt": True, "dense": ckpt.dense, "normalize": True}
+    config["max_seq_length"] = min(ckpt.max_seq_length, ckpt.text_config["max_position_embeddings"])
+    config["matryoshka_dims"] = [d for d in MATRYOSHKA_DIMS if d <= ckpt.dense[-1]["out_features"]]
+    config["prompts"] = ckpt.prompts
+    config["default_prompt_name"] = ckpt.default_prompt_name
+    config["dtype"] = "float32" if quantization else dtype
+    if quantization:
+        config["quantization"] = quantization
+    config["converted_from"] = source
+    return config
+
+
+def _tokenizer(ckpt: Checkpoint, args: ModelArgs) -> Tokenizer:
+    max_length = min(ckpt.max_seq_length, args.max_position_embeddings)
+    tokenizer = Tokenizer(ckpt.tokenizer_model, ckpt.text_config["bos_token_id"], ckpt.text_config["eos_token_id"], max_length)
+    if tokenizer.vocab_size > args.vocab_size:
+        raise SourceError(
+            f"{ckpt.tokenizer_model} has {tokenizer.vocab_size} tokens but the model {args.vocab_size}: "
+            "the tokenizer belongs to another model"
+        )
+    return tokenizer
+
+
+def _probe(model: EmbeddingGemma) -> np.ndarray:
+    by_prompt: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(PROBES):
+        by_prompt.setdefault(name if name in model.prompts else "", []).append(i)
+    out = np.empty((len(PROBES), model.network.args.embedding_dim), np.float32)
+    for name, rows in by_prompt.items():
+        out[rows] = model.encode([PROBES[i][1] for i in rows], prompt_name=name or None)
+    return out
+
+
+def model_card(config: dict[str, Any], source: str, storage: str) -> str:
+    return f"""---
+license: gemma
+library_name: mlx-embedgemma
+base_model: {source}
+tags: [mlx, sentence-similarity, embeddings]
+---
+# EmbeddingGemma for MLX ({storage})
+
+Converted from `{source}` with `mlx-embedgemma convert` for use with
+[mlx-embedgemma](https://pypi.org/project/mlx-embedgemma/):
+
+```python
+from mlx_embedgemma import load
+model = load("path/to/this/folder")
+query = model.encode_query("Which planet is known as the Red Planet?", dim=256)
+```
+
+Embedding sizes (Matryoshka): {", ".join(map(str, config["matryoshka_dims"]))}. Maximum input: {config["max_seq_length"]} tokens.
+Task prompts: {", ".join(sorted(config["prompts"]))}.
+
+## License
+
+Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.
+This folder holds a modified (converted{" and quantized" if "quantization" in config else ""}) copy of the
+model's weights; use and redistribution are subject to those terms, including the Gemma Prohibited Use
+Policy at ai.google.dev/gemma/prohibited_use_policy.
+"""

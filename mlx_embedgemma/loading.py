@@ -1,0 +1,122 @@
+"""Open a converted model folder: config.json, model.safetensors, tokenizer.model. Local files only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from . import precision
+from .embedder import EmbeddingGemma
+from .model import ConfigError, EmbeddingGemmaModel, ModelArgs
+from .tokenizer import TOKENIZER_FILE, Tokenizer
+
+FORMAT_NAME = "mlx-embedgemma"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelFolderError(ValueError):
+    """A model folder is incomplete or inconsistent; the message names the file and the fix."""
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{path} is missing: {folder} is not a converted model folder. "
+            f"Make one with `mlx-embedgemma convert SOURCE {folder}`"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path} is not valid JSON ({e}); re-convert the model") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{path} must hold a JSON object; re-convert the model")
+    version = config.get("format_version")
+    if config.get("format") != FORMAT_NAME or not isinstance(version, int):
+        raise ModelFolderError(f"{path} was not written by `mlx-embedgemma convert`; convert the source checkpoint with it")
+    if version > FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{path} has format_version {version}, newer than this mlx-embedgemma understands ({FORMAT_VERSION}): "
+            "upgrade mlx-embedgemma (pip install -U mlx-embedgemma)"
+        )
+    return config
+
+
+def load_network(folder: Path, config: dict[str, Any]) -> EmbeddingGemmaModel:
+    try:
+        args = ModelArgs.from_dict(config)
+    except ConfigError as e:
+        raise ModelFolderError(f"{folder / CONFIG_FILE}: {e}; re-convert the model with `mlx-embedgemma convert`") from None
+    network = EmbeddingGemmaModel(args)
+    if config.get("quantization"):
+        try:
+            precision.quantize(network, config["quantization"])
+        except ValueError as e:
+            raise ModelFolderError(f"{folder / CONFIG_FILE}: {e}; re-convert the model") from None
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{path} is missing; re-convert the model with `mlx-embedgemma convert`")
+    try:
+        weights = mx.load(str(path))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ModelFolderError(f"{path} cannot be read ({e}): the file is corrupt or truncated; re-convert the model") from None
+    problems = weight_problems(network, weights)
+    if problems:
+        raise ModelFolderError(
+            f"{path} does not match {CONFIG_FILE} (architecture or quantization): {'; '.join(problems)}. "
+            "Re-convert the model with `mlx-embedgemma convert`"
+        )
+    network.load_weights(list(weights.items()), strict=True)
+    mx.eval(network.parameters())
+    return network
+
+
+def weight_problems(network: EmbeddingGemmaModel, weights: dict[str, mx.array]) -> list[str]:
+    """How stored tensors differ from the network's parameters (names, shapes, packed or float)."""
+    expected = dict(tree_flatten(network.parameters()))
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for name in sorted(expected.keys() & weights.keys()):
+        want, got = expected[name], weights[name]
+        if want.shape != got.shape:
+            problems.append(f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        elif (want.dtype == mx.uint32) != (got.dtype == mx.uint32):
+            problems.append(f"{name} is {got.dtype}, expected {'packed uint32' if want.dtype == mx.uint32 else 'float'}")
+    return problems[:8]
+
+
+def load(path: str | Path, *, truncate_dim: int | None = None, compute_dtype: str = "float32") -> EmbeddingGemma:
+    """Load a folder made by ``mlx-embedgemma convert``. Reads only that folder; never the network.
+
+    ``truncate_dim`` sets the default Matryoshka size of ``encode``; ``compute_dtype`` is the activation
+    dtype ("float32", or "bfloat16" where the backend is fast at it; float16 overflows in this model).
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"model folder {folder} does not exist. Convert a checkpoint first: "
+            f"`mlx-embedgemma convert google/embeddinggemma-300m {folder}`"
+        )
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16' (float16 overflows), got {compute_dtype!r}")
+    config = read_config(folder)
+    network = load_network(folder, config)
+    max_length = min(int(config.get("max_seq_length", network.args.max_position_embeddings)), network.args.max_position_embeddings)
+    tokenizer = Tokenizer(folder / TOKENIZER_FILE, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
+    if tokenizer.vocab_size > network.args.vocab_size:
+        raise ModelFolderError(
+            f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only {network.args.vocab_size}: "
+            "the tokenizer belongs to another model; re-convert the model"
+        )
+    return EmbeddingGemma(network, tokenizer, config, folder, precision.DTYPES[compute_dtype], truncate_dim)

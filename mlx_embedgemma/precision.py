@@ -1,0 +1,90 @@
+"""The one place that decides how weights are stored: float dtype, which layers are quantized, how.
+
+A converted folder records this in ``config.json`` under ``"quantization"``, in mlx-lm's format:
+``{"group_size": 64, "bits": 4, "mode": "affine", "<module path>": {...} | false, ...}``, where a
+per-module entry overrides the default for that module. The converter calls ``quantize`` on real
+weights; the loader calls it on a freshly built model so its structure matches the stored tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+SUPPORTED_GROUP_SIZES = (32, 64, 128)
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+# Scales and biases of quantized layers: float16 keeps 11 significant bits (bfloat16 only 8, which at
+# 8-bit costs as much as the rounding itself) at the same 0.5 bit/weight overhead with group size 64.
+SCALE_DTYPE = mx.float16
+# Activations overflow float16 in this model (values near 8e5): compute in float32 unless told otherwise.
+COMPUTE_DTYPE = mx.float32
+
+
+def quantization_config(bits: int, group_size: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    config = {"group_size": group_size, "bits": bits, "mode": "affine", **(overrides or {})}
+    validate(config)
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Raise ValueError naming the bad entry of a ``"quantization"`` mapping."""
+    entries = [("default", config)] + [(k, v) for k, v in config.items() if isinstance(v, dict)]
+    for where, entry in entries:
+        if entry.get("mode", "affine") != "affine":
+            raise ValueError(f"quantization {where}: mode {entry.get('mode')!r} is not supported (use 'affine')")
+        if entry.get("bits") not in SUPPORTED_BITS:
+            raise ValueError(f"quantization {where}: bits must be one of {SUPPORTED_BITS}, got {entry.get('bits')!r}")
+        if entry.get("group_size") not in SUPPORTED_GROUP_SIZES:
+            raise ValueError(
+                f"quantization {where}: group_size must be one of {SUPPORTED_GROUP_SIZES}, "
+                f"got {entry.get('group_size')!r}"
+            )
+    for key, value in config.items():
+        if key not in ("group_size", "bits", "mode") and not isinstance(value, dict) and value is not False:
+            raise ValueError(f"quantization entry {key!r} must be an object or false, got {value!r}")
+
+
+def _layer_spec(config: dict[str, Any], path: str, module: nn.Module) -> dict[str, Any] | bool:
+    if not hasattr(module, "to_quantized"):
+        return False
+    entry = config.get(path, True)
+    if entry is False:
+        return False
+    spec = {"group_size": config["group_size"], "bits": config["bits"], "mode": "affine"}
+    if isinstance(entry, dict):
+        spec.update({k: entry[k] for k in ("group_size", "bits", "mode") if k in entry})
+    return spec if module.weight.shape[-1] % spec["group_size"] == 0 else False
+
+
+def quantize(model: nn.Module, config: dict[str, Any]) -> None:
+    """Replace Linear/Embedding layers by their quantized forms, in place, as ``config`` says."""
+    validate(config)
+    nn.quantize(model, class_predicate=lambda path, m: _layer_spec(config, path, m))
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            module.scales = module.scales.astype(SCALE_DTYPE)
+            if module.biases is not None:
+                module.biases = module.biases.astype(SCALE_DTYPE)
+
+
+def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Store every floating-point parameter of an unquantized model in ``dtype``."""
+    model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
+
+
+def describe(config: dict[str, Any]) -> str:
+    """Short human description of a folder's storage, e.g. '4-bit affine, group 64' or 'float32'."""
+    q = config.get("quantization")
+    if not q:
+        return config.get("dtype", "float32")
+    overrides = sum(isinstance(v, dict) or v is False for v in q.values())
+    extra = f", {overrides} per-layer overrides" if overrides else ""
+    return f"{q['bits']}-bit {q.get('mode', 'affine')}, group {q['group_size']}{extra}"
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
