@@ -73,6 +73,7 @@ def load_network(folder: Path, config: dict[str, Any]) -> EmbeddingGemmaModel:
             "Re-convert the model with `mlx-embedgemma convert`"
         )
     network.load_weights(list(weights.items()), strict=True)
+    precision.adapt_to_device(network)
     mx.eval(network.parameters())
     return network
 
