@@ -73,7 +73,7 @@ class EmbeddingGemma:
         """
         single = isinstance(texts, str)
         items = [texts] if single else _as_texts(texts)
-        prefix = self._prompt_prefix(prompt_name, prompt)
+        prefix = self.prompt_prefix(prompt_name, prompt)
         dim = self._check_dim(dim) if dim is not None else self.embedding_dim
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
@@ -107,10 +107,10 @@ class EmbeddingGemma:
 
     def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None, prompt: str | None = None) -> list[int]:
         """Tokens each text takes in the model, prompt, `<bos>` and `<eos>` included, after truncation."""
-        prefix = self._prompt_prefix(prompt_name, prompt)
+        prefix = self.prompt_prefix(prompt_name, prompt)
         return [len(ids) for ids in self.tokenizer.encode([prefix + t for t in _as_texts(texts)]).ids]
 
-    def _prompt_prefix(self, prompt_name: str | None, prompt: str | None) -> str:
+    def prompt_prefix(self, prompt_name: str | None, prompt: str | None) -> str:
         if prompt is not None:
             if prompt_name is not None:
                 raise ValueError("give either prompt_name or prompt, not both")

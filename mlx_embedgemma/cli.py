@@ -1,0 +1,163 @@
+"""The `mlx-embedgemma` command: convert, embed, info."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import _blas, __version__
+
+# Texts per encode call when embedding a file: output is written after each chunk.
+CHUNK = 256
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlx-embedgemma")
+def main() -> None:
+    """EmbeddingGemma-300m on MLX: convert checkpoints, embed texts, inspect the setup."""
+
+
+@main.command()
+@click.argument("source")
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Quantization bits.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--no-quantize", is_flag=True, help="Keep full-precision weights (see --dtype).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype with --no-quantize.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
+def convert(source: str, output: Path, bits: str, group_size: str, no_quantize: bool, dtype: str | None, force: bool) -> None:
+    """Convert a Hugging Face EmbeddingGemma checkpoint (folder or hub id) into an MLX model folder.
+
+    SOURCE is a local sentence-transformers folder, or a hub id such as google/embeddinggemma-300m
+    (downloaded only then; needs `pip install 'mlx-embedgemma[hub]'`).
+    """
+    from .convert import OutputExistsError, SourceError
+    from .convert import convert as run
+
+    if dtype and not no_quantize:
+        raise click.UsageError("--dtype applies to full-precision output: add --no-quantize")
+    try:
+        report = run(
+            source, output, bits=int(bits), group_size=int(group_size), quantize=not no_quantize,
+            dtype=dtype or "float32", force=force, log=lambda m: click.echo(m, err=True),
+        )
+    except (SourceError, OutputExistsError, PermissionError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {report.output} ({report.storage}, {report.size_bytes / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
+              help="File of texts ('-' for stdin): one per line, or JSONL (.jsonl) with a 'text' field.")
+@click.option("--prompt-name", default=None, help="Task prompt, e.g. query, document, STS (see `info MODEL`).")
+@click.option("--dim", type=click.Choice(["768", "512", "256", "128"]), default="768", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Write .npy (one float32 matrix) or JSONL ({index, embedding} per line); default JSONL on stdout.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | None, dim: str,
+          output: Path | None, batch_size: int) -> None:
+    """Embed TEXTs, or the texts of --input, or of stdin when neither is given."""
+    import numpy as np
+
+    from .loading import load
+
+    if texts and input_file:
+        raise click.UsageError("give TEXT arguments or --input, not both")
+    items = list(texts) if texts else list(_read_texts(input_file or click.get_text_stream("stdin")))
+    try:
+        m = load(model)
+        m.prompt_prefix(prompt_name, None)  # fail on an unknown prompt before any work
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+    as_npy = output is not None and output.suffix == ".npy"
+    sink = None if as_npy else (output.open("w", encoding="utf-8") if output else sys.stdout)
+    parts = []
+    with click.progressbar(length=len(items), label="embedding", file=sys.stderr, hidden=len(items) < CHUNK) as bar:
+        for start in range(0, len(items), CHUNK):
+            emb = m.encode(items[start : start + CHUNK], prompt_name=prompt_name, dim=int(dim),
+                           batch_size=batch_size, progress=bar.update)
+            if as_npy:
+                parts.append(emb)
+                continue
+            for i, row in enumerate(emb, start):
+                sink.write(json.dumps({"index": i, "embedding": [round(float(v), 7) for v in row]}) + "\n")
+            sink.flush()
+    if as_npy:
+        np.save(output, np.concatenate(parts) if parts else np.zeros((0, int(dim)), np.float32))
+    elif output:
+        sink.close()
+    if output:
+        click.echo(f"wrote {len(items)} embeddings of {dim} dims to {output}", err=True)
+
+
+def _read_texts(stream) -> Iterator[str]:
+    jsonl = getattr(stream, "name", "").endswith((".jsonl", ".ndjson"))
+    for n, line in enumerate(stream, 1):
+        line = line.rstrip("\r\n")
+        if not jsonl:
+            yield line
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            text = record["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise click.ClickException(f"{stream.name}, line {n}: expected a JSON object with a 'text' field") from None
+        if not isinstance(text, str):
+            raise click.ClickException(f"{stream.name}, line {n}: 'text' must be a string")
+        yield text
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+def info(model: Path | None) -> None:
+    """Versions, backend and device, BLAS in use, and a summary of MODEL if given."""
+    import mlx.core as mx
+    import numpy as np
+    import sentencepiece
+
+    rows = [
+        ("mlx-embedgemma", __version__),
+        ("python", f"{platform.python_version()} ({platform.system()} {platform.machine()})"),
+        ("mlx", mx.__version__),
+        ("numpy", np.__version__),
+        ("sentencepiece", sentencepiece.__version__),
+        ("device", str(mx.default_device())),
+        ("metal", "available" if mx.metal.is_available() else "not available"),
+        ("cuda", "available" if hasattr(mx, "cuda") and mx.cuda.is_available() else "not available"),
+        ("blas", _blas.status),
+        ("cblas_sgemm from", _blas.sgemm_provider() or "MLX's bundled BLAS" if sys.platform == "linux" else "Accelerate"),
+    ]
+    if model is not None:
+        from .loading import load
+        from .precision import describe
+
+        try:
+            m = load(model)
+        except (FileNotFoundError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+        size = sum(f.stat().st_size for f in Path(model).expanduser().iterdir() if f.is_file())
+        rows += [
+            ("model", str(m.path)),
+            ("storage", describe(m.config)),
+            ("size on disk", f"{size / 1e6:.1f} MB"),
+            ("dims", ", ".join(map(str, m.dims))),
+            ("max tokens", str(m.max_seq_length)),
+            ("prompts", ", ".join(sorted(m.prompts))),
+        ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
