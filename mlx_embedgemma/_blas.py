@@ -52,6 +52,17 @@ def preload() -> str:
     return status
 
 
+def import_order_warning() -> str | None:
+    """Why MLX runs on the slow reference BLAS though a fast one was available, if that happened."""
+    if not status.startswith("skipped") or not ctypes.util.find_library("openblas"):
+        return None
+    return (
+        "mlx.core was imported before mlx_embedgemma, so MLX's CPU backend is bound to the slow reference "
+        "BLAS (about 30x slower matmuls). Import mlx_embedgemma first, or start Python with "
+        "LD_PRELOAD=libopenblas.so.0"
+    )
+
+
 class _DlInfo(ctypes.Structure):
     _fields_ = [
         ("dli_fname", ctypes.c_char_p),

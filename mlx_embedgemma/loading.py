@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import precision
+from . import _blas, precision
 from .embedder import EmbeddingGemma
 from .model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from .tokenizer import TOKENIZER_FILE, Tokenizer
@@ -113,6 +114,8 @@ def load(path: str | Path, *, truncate_dim: int | None = None, compute_dtype: st
         raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16' (float16 overflows), got {compute_dtype!r}")
     config = read_config(folder)
     network = load_network(folder, config)
+    if mx.default_device() == mx.cpu and (message := _blas.import_order_warning()):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     max_length = min(int(config.get("max_seq_length", network.args.max_position_embeddings)), network.args.max_position_embeddings)
     tokenizer = Tokenizer(folder / TOKENIZER_FILE, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
     if tokenizer.vocab_size > network.args.vocab_size:
