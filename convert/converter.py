@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_embedgemma import precision
-from mlx_embedgemma.embedder import EmbeddingGemma
+from mlx_embedgemma.embedder import EmbeddingGemma, TruncationWarning
 from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load, weight_problems
 from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -141,8 +142,10 @@ def _probe(model: EmbeddingGemma) -> np.ndarray:
     for i, (name, _) in enumerate(PROBES):
         by_prompt.setdefault(name if name in model.prompts else "", []).append(i)
     out = np.empty((len(PROBES), model.network.args.embedding_dim), np.float32)
-    for name, rows in by_prompt.items():
-        out[rows] = model.encode([PROBES[i][1] for i in rows], prompt_name=name or None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # models with short limits cut the long probe
+        for name, rows in by_prompt.items():
+            out[rows] = model.encode([PROBES[i][1] for i in rows], prompt_name=name or None)
     return out
 
 

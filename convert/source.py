@@ -17,10 +17,9 @@ import mlx.core as mx
 
 from . import mapping
 
-ST_TRANSFORMER = "sentence_transformers.models.Transformer"
-ST_POOLING = "sentence_transformers.models.Pooling"
-ST_DENSE = "sentence_transformers.models.Dense"
-ST_NORMALIZE = "sentence_transformers.models.Normalize"
+# Module classes by name: sentence-transformers 5 writes "sentence_transformers.models.Dense",
+# version 6 "sentence_transformers.base.modules.dense.Dense"; both are the same module.
+ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE = "Transformer", "Pooling", "Dense", "Normalize"
 IDENTITY = ("torch.nn.modules.linear.Identity", "torch.nn.Identity", "Identity")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Files a hub download needs; nothing else (no pickles, no ONNX, no notebooks).
@@ -117,15 +116,18 @@ def transformer_weight_files(folder: Path) -> list[Path]:
 
 def read_modules(folder: Path) -> tuple[dict, dict, list[dict]]:
     modules = read_json(folder / "modules.json", "the sentence-transformers module list")
-    kinds = [m.get("type") for m in modules]
-    unknown = [k for k in kinds if k not in (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE)]
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise SourceError(f"{folder / 'modules.json'} must be a list of modules; download the checkpoint again")
+    types = [str(m.get("type")) for m in modules]
+    kinds = [t.rsplit(".", 1)[-1] if t.startswith("sentence_transformers.") else t for t in types]
+    unknown = [t for t, k in zip(types, kinds) if k not in (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE)]
     if unknown:
         raise SourceError(f"{folder / 'modules.json'}: module types {unknown} are not part of EmbeddingGemma")
     if kinds[:2] != [ST_TRANSFORMER, ST_POOLING] or kinds[-1] != ST_NORMALIZE:
         raise SourceError(
             f"{folder / 'modules.json'} lists {kinds}; expected Transformer, Pooling, Dense..., Normalize"
         )
-    dense = [m for m in modules if m.get("type") == ST_DENSE]
+    dense = [m for m, k in zip(modules, kinds) if k == ST_DENSE]
     if not dense:
         raise SourceError(
             f"{folder / 'modules.json'} has no Dense modules (2_Dense, 3_Dense): without them the embeddings are "
@@ -177,20 +179,23 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         text_config["rope_theta"] = params["full_attention"]["rope_theta"]
         text_config["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
 
-    pool = read_json(folder / pooling.get("path", "1_Pooling") / "config.json", "the pooling config")
-    modes = {k for k, v in pool.items() if k.startswith("pooling_mode_") and v}
-    if modes != {"pooling_mode_mean_tokens"} or not pool.get("include_prompt", True):
+    pool_path = folder / pooling.get("path", "1_Pooling") / "config.json"
+    pool = read_json(pool_path, "the pooling config")
+    # sentence-transformers 6 writes "pooling_mode": "mean"; 5 wrote one boolean per mode.
+    modes = {pool["pooling_mode"]} if "pooling_mode" in pool else {
+        k.removeprefix("pooling_mode_") for k, v in pool.items() if k.startswith("pooling_mode_") and v
+    }
+    if modes not in ({"mean"}, {"mean_tokens"}) or not pool.get("include_prompt", True):
         raise SourceError(
-            f"{folder / pooling.get('path', '1_Pooling') / 'config.json'}: pooling {sorted(modes)}, include_prompt="
-            f"{pool.get('include_prompt', True)}; EmbeddingGemma uses mean pooling over all tokens, prompt included"
+            f"{pool_path}: pooling {sorted(modes)}, include_prompt={pool.get('include_prompt', True)}; "
+            "EmbeddingGemma uses mean pooling over all tokens, prompt included"
         )
 
     st_config = read_json(folder / "config_sentence_transformers.json", "the task prompts")
     prompts = st_config.get("prompts") or {}
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
         raise SourceError(f"{folder / 'config_sentence_transformers.json'}: 'prompts' must map names to strings")
-    bert = base / "sentence_bert_config.json"
-    max_seq_length = int(read_json(bert, "max_seq_length").get("max_seq_length") or 0) if bert.is_file() else 0
+    max_seq_length = _max_seq_length(base)
 
     tokenizer_model = base / "tokenizer.model"
     if not tokenizer_model.is_file():
@@ -221,3 +226,13 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         tokenizer_model=tokenizer_model,
         weights=weights,
     )
+
+
+def _max_seq_length(base: Path) -> int:
+    """sentence-transformers' limit: sentence_bert_config.json (v5), else the tokenizer's (v6); 0 if neither."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        path = base / name
+        value = read_json(path, key).get(key) if path.is_file() else None
+        if isinstance(value, int) and 0 < value < 1 << 20:
+            return value
+    return 0
