@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: ", "STS": "task: sentence similarity | query: "}
-MAX_SEQ_LENGTH = 48
+MAX_SEQ_LENGTH = 80
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "hello world, mars is the red planet and venus is earth's twin",
@@ -40,7 +40,7 @@ def build_tiny_source(dest: Path) -> Path:
     )
     config = Gemma3TextConfig(
         vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, sliding_window=8, max_position_embeddings=64, query_pre_attn_scalar=32,
+        num_key_value_heads=1, head_dim=32, sliding_window=8, max_position_embeddings=96, query_pre_attn_scalar=32,
         layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
         use_bidirectional_attention=True, pad_token_id=0, bos_token_id=2, eos_token_id=1,
     )
