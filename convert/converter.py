@@ -116,7 +116,9 @@ def build_config(ckpt: Checkpoint, source: str, quantization: dict[str, Any] | N
     config.update({k: ckpt.text_config[k] for k in TEXT_CONFIG_KEYS})
     config["embedding_head"] = {"pooling": "mean", "include_prompt": True, "dense": ckpt.dense, "normalize": True}
     config["max_seq_length"] = min(ckpt.max_seq_length, ckpt.text_config["max_position_embeddings"])
-    config["matryoshka_dims"] = [d for d in MATRYOSHKA_DIMS if d <= ckpt.dense[-1]["out_features"]]
+    # The full size is always valid; smaller ones only where EmbeddingGemma was trained for them.
+    full = ckpt.dense[-1]["out_features"]
+    config["matryoshka_dims"] = [full] + [d for d in MATRYOSHKA_DIMS if d < full]
     config["prompts"] = ckpt.prompts
     config["default_prompt_name"] = ckpt.default_prompt_name
     config["dtype"] = "float32" if quantization else dtype

@@ -57,11 +57,12 @@ def convert(source: str, output: Path, bits: str, group_size: str, no_quantize: 
 @click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
               help="File of texts ('-' for stdin): one per line, or JSONL (.jsonl) with a 'text' field.")
 @click.option("--prompt-name", default=None, help="Task prompt, e.g. query, document, STS (see `info MODEL`).")
-@click.option("--dim", type=click.Choice(["768", "512", "256", "128"]), default="768", show_default=True)
+@click.option("--dim", type=click.IntRange(1), default=None,
+              help="Matryoshka size: 768, 512, 256 or 128 for EmbeddingGemma-300m (see `info MODEL`); default the full size.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write .npy (one float32 matrix) or JSONL ({index, embedding} per line); default JSONL on stdout.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | None, dim: str,
+def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | None, dim: int | None,
           output: Path | None, batch_size: int) -> None:
     """Embed TEXTs, or the texts of --input, or of stdin when neither is given."""
     import numpy as np
@@ -70,10 +71,12 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
 
     if texts and input_file:
         raise click.UsageError("give TEXT arguments or --input, not both")
-    items = list(texts) if texts else list(_read_texts(input_file or click.get_text_stream("stdin")))
+    items = list(texts) if texts else list(_read_texts(input_file or click.open_file("-", encoding="utf-8")))
     try:
         m = load(model)
-        m.prompt_prefix(prompt_name, None)  # fail on an unknown prompt before any work
+        m.prompt_prefix(prompt_name, None)  # fail on an unknown prompt or size before any work
+        if dim is not None:
+            m.check_dim(dim)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -82,7 +85,7 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
     parts = []
     with click.progressbar(length=len(items), label="embedding", file=sys.stderr, hidden=len(items) < CHUNK) as bar:
         for start in range(0, len(items), CHUNK):
-            emb = m.encode(items[start : start + CHUNK], prompt_name=prompt_name, dim=int(dim),
+            emb = m.encode(items[start : start + CHUNK], prompt_name=prompt_name, dim=dim,
                            batch_size=batch_size, progress=bar.update)
             if as_npy:
                 parts.append(emb)
@@ -91,11 +94,11 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
                 sink.write(json.dumps({"index": i, "embedding": [round(float(v), 7) for v in row]}) + "\n")
             sink.flush()
     if as_npy:
-        np.save(output, np.concatenate(parts) if parts else np.zeros((0, int(dim)), np.float32))
+        np.save(output, np.concatenate(parts) if parts else np.zeros((0, dim or m.embedding_dim), np.float32))
     elif output:
         sink.close()
     if output:
-        click.echo(f"wrote {len(items)} embeddings of {dim} dims to {output}", err=True)
+        click.echo(f"wrote {len(items)} embeddings of {dim or m.embedding_dim} dims to {output}", err=True)
 
 
 def _read_texts(stream) -> Iterator[str]:

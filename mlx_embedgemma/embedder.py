@@ -42,7 +42,7 @@ class EmbeddingGemma:
         self.default_prompt_name: str | None = config.get("default_prompt_name")
         self.dims: tuple[int, ...] = tuple(config.get("matryoshka_dims", [network.args.embedding_dim]))
         self.max_seq_length: int = tokenizer.max_length
-        self.truncate_dim = self._check_dim(truncate_dim) if truncate_dim else None
+        self.truncate_dim = self.check_dim(truncate_dim) if truncate_dim else None
         # MLX arrays and streams are not safe to drive from several threads at once.
         self._lock = threading.Lock()
 
@@ -74,7 +74,7 @@ class EmbeddingGemma:
         single = isinstance(texts, str)
         items = [texts] if single else _as_texts(texts)
         prefix = self.prompt_prefix(prompt_name, prompt)
-        dim = self._check_dim(dim) if dim is not None else self.embedding_dim
+        dim = self.check_dim(dim) if dim is not None else self.embedding_dim
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
         encoded = self.tokenizer.encode([prefix + t for t in items])
@@ -124,7 +124,7 @@ class EmbeddingGemma:
             raise ValueError(f"unknown prompt_name {name!r}; known names: {', '.join(sorted(self.prompts))}")
         return self.prompts[name]
 
-    def _check_dim(self, dim: int) -> int:
+    def check_dim(self, dim: int) -> int:
         if dim not in self.dims or isinstance(dim, bool):
             raise ValueError(f"dim must be one of {', '.join(map(str, self.dims))} (Matryoshka sizes), got {dim!r}")
         return int(dim)

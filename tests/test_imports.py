@@ -1,0 +1,59 @@
+"""What importing and using the package pulls in, checked in fresh interpreters.
+
+The runtime must stay light: no torch, transformers, sentence-transformers, no CLI (click) and no
+converter just to load a model and embed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+HEAVY = ["torch", "transformers", "sentence_transformers", "click", "mlx_embedgemma.convert", "mlx_embedgemma.cli"]
+
+
+def run_python(code: str, cwd: Path) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object on its last line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_alone_is_cheap(tmp_path):
+    seen = run_python(
+        """
+        import json, sys
+        import mlx_embedgemma
+        print(json.dumps(sorted(sys.modules)))
+        """,
+        tmp_path,
+    )
+    assert "mlx_embedgemma" in seen
+    for name in HEAVY:
+        assert name not in seen, f"`import mlx_embedgemma` imported {name}"
+    # _blas must run before MLX loads, so importing the package must not load mlx.core itself.
+    assert "mlx.core" not in seen
+    assert "mlx_embedgemma.loading" not in seen and "mlx_embedgemma.embedder" not in seen
+
+
+def test_load_and_encode_import_nothing_heavy(tiny_f32, tmp_path):
+    result = run_python(
+        f"""
+        import json, sys
+        import mlx_embedgemma
+        model = mlx_embedgemma.load({str(tiny_f32)!r})
+        vector = model.encode_query("which planet is red?")
+        rows = model.encode(["a", "b"])
+        print(json.dumps({{"modules": sorted(sys.modules), "shape": list(rows.shape), "dim": len(vector)}}))
+        """,
+        tmp_path,
+    )
+    assert result["shape"] == [2, 64] and result["dim"] == 64  # it really loaded and embedded
+    assert "mlx.core" in result["modules"]
+    for name in HEAVY:
+        assert name not in result["modules"], f"load + encode imported {name}"

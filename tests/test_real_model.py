@@ -1,0 +1,76 @@
+"""Against the real google/embeddinggemma-300m and the sentence-transformers reference embeddings.
+
+Skipped, with the reason, when the checkpoint is absent (see conftest.NO_REAL_MODEL).
+"""
+
+import numpy as np
+import pytest
+
+from conftest import encode_rows
+from mlx_embedgemma import load
+
+REDPLANET = ["redplanet-query", "redplanet-doc0", "redplanet-doc1", "redplanet-doc2", "redplanet-doc3"]
+# Model card values (sentence-transformers, float32).
+REDPLANET_SIMILARITIES = [0.3008, 0.6361, 0.4927, 0.4889]
+
+
+@pytest.fixture(scope="module")
+def f32_embeddings(real_f32, reference):
+    rows, _ = reference
+    with pytest.warns(UserWarning, match="1 of"):  # the 2048+-token row is cut, and we say so
+        return encode_rows(load(real_f32), rows)
+
+
+def test_token_ids_equal_the_reference_tokenizer(real_f32, reference):
+    model = load(real_f32)
+    rows, _ = reference
+    for row in rows:
+        prefix = model.prompt_prefix(row["prompt_name"], None)
+        assert model.tokenizer.encode([prefix + row["text"]]).ids[0] == row["token_ids"], row["id"]
+
+
+def test_float32_matches_reference_on_every_row(f32_embeddings, reference):
+    rows, expected = reference
+    cosines = np.sum(f32_embeddings * expected, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines.min() >= 0.9999, f"{rows[worst]['id']} ({rows[worst]['n_tokens']} tokens): {cosines[worst]:.6f}"
+    long_rows = [i for i, r in enumerate(rows) if r["n_tokens"] >= 785]
+    assert len(long_rows) == 2  # the 785- and 2048-token rows are covered
+
+
+def _redplanet(embeddings, rows):
+    index = {r["id"]: i for i, r in enumerate(rows)}
+    q, *docs = (embeddings[index[name]] for name in REDPLANET)
+    return np.array(docs) @ q
+
+
+def test_float32_redplanet_similarities(f32_embeddings, reference):
+    rows, _ = reference
+    np.testing.assert_allclose(_redplanet(f32_embeddings, rows), REDPLANET_SIMILARITIES, atol=0.002)
+
+
+@pytest.mark.parametrize("folder", ["real_q4", "real_q8"])
+def test_quantized_redplanet_keeps_the_ranking(folder, request, reference):
+    rows, _ = reference
+    subset = [r for r in rows if r["id"] in REDPLANET]
+    sims = _redplanet(encode_rows(load(request.getfixturevalue(folder)), subset), subset)
+    assert list(np.argsort(-sims)) == list(np.argsort(-np.array(REDPLANET_SIMILARITIES))), sims
+
+
+def test_alone_equals_inside_a_padded_batch(real_f32, reference):
+    model = load(real_f32)
+    rows, _ = reference
+    texts = [r["text"] for r in rows if r["n_tokens"] <= 409]  # short ones padded up to 409 tokens
+    batch = model.encode_document(texts, batch_size=len(texts), max_batch_tokens=1 << 20)
+    alone = np.stack([model.encode_document(t) for t in texts])
+    assert np.sum(batch * alone, axis=1).min() >= 0.9999
+
+
+def test_matryoshka_dims_are_truncated_and_renormalized(f32_embeddings, real_f32, reference):
+    model = load(real_f32)
+    rows, _ = reference
+    row = rows[0]
+    for dim in (512, 256, 128):
+        ours = model.encode(row["text"], prompt_name=row["prompt_name"], dim=dim)
+        expected = f32_embeddings[0][:dim] / np.linalg.norm(f32_embeddings[0][:dim])
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
