@@ -20,6 +20,8 @@ from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEI
 from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
 
+from . import gptq, recipes
+from .calibration import calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
@@ -54,24 +56,29 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    bits: int = 4,
-    group_size: int = 64,
+    recipe: str | None = None,
+    bits: int | None = None,
+    group_size: int | None = None,
     quantize: bool = True,
     dtype: str = "float32",
     force: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> ConversionReport:
-    """Convert ``source`` (folder or hub id) into ``output``; 4-bit affine, group 64 by default."""
+    """Convert ``source`` (folder or hub id) into ``output``.
+
+    By default with the ``DEFAULT_RECIPE`` (mostly 4-bit); ``recipe`` names another; ``bits`` and/or
+    ``group_size`` ask for every matrix at one width instead; ``quantize=False`` keeps ``dtype`` weights.
+    """
     out = Path(output).expanduser()
-    quantization = precision.quantization_config(bits, group_size) if quantize else None
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16 (float16 overflows in this model), got {dtype!r}")
+    plan = _choose_recipe(recipe, bits, group_size) if quantize else None
     check_target(out, force)
 
     folder = resolve(source)
     log(f"reading {folder}")
     ckpt = read_checkpoint(folder)
-    config = build_config(ckpt, str(source), quantization, dtype)
+    config = build_config(ckpt, str(source), dtype if plan is None else "float32")
     try:
         args = ModelArgs.from_dict(config)
     except ConfigError as e:
@@ -84,10 +91,19 @@ def convert(
             "The checkpoint is damaged or not EmbeddingGemma; download it again"
         )
     network.load_weights(list(ckpt.weights.items()), strict=True)
-    reference = _probe(EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32))
+    float_model = EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32)
+    reference = _probe(float_model)
 
-    if quantization:
-        precision.quantize(network, quantization)
+    if plan is not None:
+        config["recipe"] = plan.name
+        config["quantization"] = plan.quantization(network)
+        hessians = {}
+        if plan.gptq:
+            texts = calibration_texts()
+            log(f"collecting GPTQ statistics on {len(texts)} calibration texts (a minute or two)")
+            hessians = collect_hessians(float_model, texts)
+        precision.quantize(network, config["quantization"])
+        gptq.apply(network, ckpt.weights, hessians)
     else:
         precision.cast_floats(network, precision.DTYPES[dtype])
     mx.eval(network.parameters())
@@ -108,7 +124,17 @@ def convert(
     return ConversionReport(out, storage, size, cosines)
 
 
-def build_config(ckpt: Checkpoint, source: str, quantization: dict[str, Any] | None, dtype: str) -> dict[str, Any]:
+def _choose_recipe(name: str | None, bits: int | None, group_size: int | None) -> recipes.Recipe:
+    if name is not None and (bits is not None or group_size is not None):
+        raise ValueError("give a recipe or bits/group size, not both")
+    if bits is not None or group_size is not None:
+        plan = recipes.uniform(bits or 4, group_size or 64)
+        precision.quantization_config(plan.bits, plan.group_size)  # validates
+        return plan
+    return recipes.get(name or recipes.DEFAULT_RECIPE)
+
+
+def build_config(ckpt: Checkpoint, source: str, dtype: str) -> dict[str, Any]:
     missing = [k for k in TEXT_CONFIG_KEYS if k not in ckpt.text_config]
     if missing:
         raise SourceError(f"{ckpt.folder / 'config.json'} lacks {missing}; download the checkpoint again")
@@ -121,9 +147,7 @@ def build_config(ckpt: Checkpoint, source: str, quantization: dict[str, Any] | N
     config["matryoshka_dims"] = [full] + [d for d in MATRYOSHKA_DIMS if d < full]
     config["prompts"] = ckpt.prompts
     config["default_prompt_name"] = ckpt.default_prompt_name
-    config["dtype"] = "float32" if quantization else dtype
-    if quantization:
-        config["quantization"] = quantization
+    config["dtype"] = dtype  # of the weights that are not quantized
     config["converted_from"] = source
     return config
 

@@ -25,13 +25,18 @@ def main() -> None:
 @main.command()
 @click.argument("source")
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Quantization bits.")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
+@click.option("--recipe", default=None, help="Quantization recipe: q4-mixed (default), q4, q4-gptq, q8.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Every matrix at this width instead of a recipe.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None, help="With --bits (default 64).")
 @click.option("--no-quantize", is_flag=True, help="Keep full-precision weights (see --dtype).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype with --no-quantize.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
-def convert(source: str, output: Path, bits: str, group_size: str, no_quantize: bool, dtype: str | None, force: bool) -> None:
+def convert(source: str, output: Path, recipe: str | None, bits: str | None, group_size: str | None,
+            no_quantize: bool, dtype: str | None, force: bool) -> None:
     """Convert a Hugging Face EmbeddingGemma checkpoint (folder or hub id) into an MLX model folder.
+
+    The default recipe, q4-mixed, keeps most weights at 4 bits (GPTQ-rounded on calibration text that
+    ships with Python) and the most sensitive ones at 8. Recipes: q4-mixed, q4, q4-gptq, q8.
 
     SOURCE is a local sentence-transformers folder, or a hub id such as google/embeddinggemma-300m
     (downloaded only then; needs `pip install 'mlx-embedgemma[hub]'`).
@@ -41,9 +46,14 @@ def convert(source: str, output: Path, bits: str, group_size: str, no_quantize: 
 
     if dtype and not no_quantize:
         raise click.UsageError("--dtype applies to full-precision output: add --no-quantize")
+    if no_quantize and (recipe or bits or group_size):
+        raise click.UsageError("--no-quantize cannot be combined with --recipe, --bits or --group-size")
+    if recipe and (bits or group_size):
+        raise click.UsageError("give --recipe or --bits/--group-size, not both")
     try:
         report = run(
-            source, output, bits=int(bits), group_size=int(group_size), quantize=not no_quantize,
+            source, output, recipe=recipe, bits=bits and int(bits), group_size=group_size and int(group_size),
+            quantize=not no_quantize,
             dtype=dtype or "float32", force=force, log=lambda m: click.echo(m, err=True),
         )
     except (SourceError, OutputExistsError, PermissionError, ValueError) as e:

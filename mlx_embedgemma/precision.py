@@ -124,7 +124,8 @@ def describe(config: dict[str, Any]) -> str:
         return config.get("dtype", "float32")
     overrides = sum(isinstance(v, dict) or v is False for v in q.values())
     extra = f", {overrides} per-layer overrides" if overrides else ""
-    return f"{q['bits']}-bit {q.get('mode', 'affine')}, group {q['group_size']}{extra}"
+    recipe = f"recipe {config['recipe']}: " if config.get("recipe") else ""
+    return f"{recipe}{q['bits']}-bit {q.get('mode', 'affine')}, group {q['group_size']}{extra}"
 
 
 def parameter_bytes(model: nn.Module) -> int:

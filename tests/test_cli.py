@@ -185,7 +185,7 @@ def test_info_reports_mlx_device_and_blas():
     assert "storage" not in rows
 
 
-@pytest.mark.parametrize("fixture, storage", [("tiny_f32", "float32"), ("tiny_q4", "4-bit affine, group 32")])
+@pytest.mark.parametrize("fixture, storage", [("tiny_f32", "float32"), ("tiny_q4", "recipe uniform-4bit-g32: 4-bit affine, group 32")])
 def test_info_model_reports_storage_and_dims(request, fixture, storage):
     folder = request.getfixturevalue(fixture)
     result = invoke("info", folder)

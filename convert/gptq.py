@@ -1,0 +1,85 @@
+"""GPTQ rounding (Frantar et al., 2022) into MLX's affine group format.
+
+Round-to-nearest treats every weight error alike. GPTQ quantizes one input column at a time and moves
+the rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's
+calibration inputs (H = XᵀX), so the layer's *outputs* on real activations change least. The result is
+ordinary MLX affine weights (codes, float16 scales and biases): the runtime does not know GPTQ was used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PACKABLE_BITS = (2, 4, 8)  # bit widths that tile a uint32 exactly (MLX packs others across words)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(out, in) integer codes -> (out, in * bits / 32) uint32, lowest bits first, as mx.quantize packs."""
+    per_word = 32 // bits
+    c = codes.astype(np.uint32).reshape(codes.shape[0], -1, per_word)
+    return np.bitwise_or.reduce(c << (np.arange(per_word, dtype=np.uint32) * bits), axis=-1)
+
+
+def quantize(
+    weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, damp: float = 0.01, block: int = 128
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ-quantize ``weight`` (out, in) given ``hessian`` (in, in); returns packed codes, scales, biases."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"GPTQ rounding supports bits {PACKABLE_BITS}, got {bits}")
+    out_features, in_features = weight.shape
+    if in_features % group_size or block % group_size:
+        raise ValueError(f"input size {in_features} and block {block} must be multiples of group size {group_size}")
+    W = weight.astype(np.float64, copy=True)
+    H = hessian.astype(np.float64, copy=True)
+    dead = np.diag(H) == 0  # inputs that never fire carry no information: quantize them to anything
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * np.mean(np.diag(H)) * np.eye(in_features)
+    # Upper Cholesky factor of H⁻¹: row i holds how column i's error spreads onto columns after it.
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T
+
+    top = 2**bits - 1
+    codes = np.zeros((out_features, in_features), np.uint32)
+    scales = np.zeros((out_features, in_features // group_size), np.float16)
+    biases = np.zeros_like(scales)
+    for start in range(0, in_features, block):
+        end = min(start + block, in_features)
+        W1, Hinv1 = W[:, start:end], Hinv[start:end, start:end]
+        errors = np.zeros_like(W1)
+        for i in range(end - start):
+            col = start + i
+            if col % group_size == 0:
+                group = W1[:, i : i + group_size]
+                lo, hi = group.min(axis=1), group.max(axis=1)
+                g = col // group_size
+                scales[:, g] = np.where(hi > lo, (hi - lo) / top, 1.0)
+                biases[:, g] = lo
+                # Round with the float16 values that will be stored, not the exact ones.
+                scale, bias = scales[:, g].astype(np.float64), biases[:, g].astype(np.float64)
+                scale[scale == 0] = 1.0
+            q = np.clip(np.rint((W1[:, i] - bias) / scale), 0, top)
+            codes[:, col] = q
+            err = (W1[:, i] - (q * scale + bias)) / Hinv1[i, i]
+            W1[:, i + 1 :] -= np.outer(err, Hinv1[i, i + 1 :])
+            errors[:, i] = err
+        W[:, end:] -= errors @ Hinv[start:end, end:]
+    return pack(codes, bits), scales, biases
+
+
+def apply(network, float_weights: dict, hessians: dict[str, np.ndarray]) -> int:
+    """Re-round, with GPTQ, every quantized Linear of ``network`` that has calibration statistics.
+
+    ``network`` was already quantized (round-to-nearest) by ``mlx_embedgemma.precision.quantize``, which
+    fixed each layer's bits and group size; this replaces only the values. Returns the layers changed.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    changed = 0
+    for path, module in network.named_modules():
+        if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
+            weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
+            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size)
+            module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
+            changed += 1
+    return changed
