@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -263,3 +264,19 @@ def test_cli_reports_an_existing_output(tiny_source, existing):
     assert result.exit_code == 1
     assert "already exists" in result.output
     assert_untouched(existing)
+
+
+def test_hub_id_offline_fails_with_a_clear_message(monkeypatch, out):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach for the network in tests
+    monkeypatch.setenv("HF_HOME", str(out.parent / "hf-home"))  # and never find a cached copy
+    with pytest.raises(SourceError, match="could not download no-such-org/no-such-model from the Hugging Face hub"):
+        convert("no-such-org/no-such-model", out)
+    assert_nothing_written(out)
+
+
+def test_hub_id_without_huggingface_hub_says_how_to_install_it(monkeypatch, out):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
+    with pytest.raises(SourceError, match=r"mlx-embedgemma\[hub\]"):
+        convert("google/embeddinggemma-300m", out)
+    assert_nothing_written(out)
