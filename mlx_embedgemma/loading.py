@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 
 from . import _blas, precision
 from .embedder import EmbeddingGemma
+from .mapped import MappedEmbedding, SafetensorsMap
 from .model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from .tokenizer import TOKENIZER_FILE, Tokenizer
 
@@ -19,6 +20,7 @@ FORMAT_NAME = "mlx-embedgemma"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+EMBEDDING = "model.embed_tokens"
 
 
 class ModelFolderError(ValueError):
@@ -73,7 +75,9 @@ def load_network(folder: Path, config: dict[str, Any]) -> EmbeddingGemmaModel:
             f"{path} does not match {CONFIG_FILE} (architecture or quantization): {'; '.join(problems)}. "
             "Re-convert the model with `mlx-embedgemma convert`"
         )
-    network.load_weights(list(weights.items()), strict=True)
+    # The table stays on disk (see mapped.py); every other tensor is read now.
+    network.model.embed_tokens = MappedEmbedding(SafetensorsMap(path), EMBEDDING, like=network.model.embed_tokens)
+    network.load_weights([(k, v) for k, v in weights.items() if not k.startswith(EMBEDDING + ".")], strict=True)
     precision.adapt_to_device(network)
     mx.eval(network.parameters())
     return network

@@ -1,6 +1,7 @@
 """Our conversion of a tiny random EmbeddingGemma against sentence-transformers (float32, CPU)."""
 
 import numpy as np
+from mlx.utils import tree_flatten
 import pytest
 
 from mlx_embedgemma import load
@@ -62,3 +63,22 @@ def test_quantized_tiny_model_stays_close(tiny_f32, tiny_q4):
     full, quant = load(tiny_f32).encode(TEXTS), load(tiny_q4).encode(TEXTS)
     cosines = np.sum(full * quant, axis=1)
     assert np.all(np.isfinite(quant)) and cosines.min() > 0.9
+
+
+def test_blockwise_attention_matches_sentence_transformers(tiny_source, tiny_f32, monkeypatch):
+    # Real inputs switch to query blocks past 512 tokens; blocks of 4 make the tiny model take that path.
+    from mlx_embedgemma import model as network
+
+    monkeypatch.setattr(network, "QUERY_BLOCK", 4)
+    model = load(tiny_f32)
+    ids = our_ids(model, TEXTS, "document")
+    expected = reference_embeddings(tiny_source, ids)
+    np.testing.assert_allclose(model.encode_document(TEXTS, batch_size=len(TEXTS)), expected, atol=1e-4)
+
+
+def test_embedding_table_is_read_from_disk_on_demand(tiny_f32):
+    from mlx_embedgemma.mapped import MappedEmbedding
+
+    model = load(tiny_f32)
+    assert isinstance(model.network.model.embed_tokens, MappedEmbedding)
+    assert not any(name.startswith("model.embed_tokens") for name, _ in tree_flatten(model.network.parameters()))
