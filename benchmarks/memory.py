@@ -1,0 +1,142 @@
+"""Peak memory of the whole process that loads a model and embeds, one fresh process per scenario.
+
+    .venv/bin/python benchmarks/memory.py MODEL [--scenarios query,docs128,docs2048] [--scale 1.0]
+                                                [--output benchmarks/results/memory.jsonl]
+
+Scenarios (issue 3): one ~16-token query; 2,000 documents of ~128 tokens; 50 documents of 2,048 tokens.
+``--scale 0.1`` runs a tenth of the documents (the record says how many ran). Each scenario appends one
+JSON record: peak RSS of the process (VmHWM on Linux, ru_maxrss on macOS), MLX's peak memory, RSS at
+the end, load time, time to first embedding, and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCENARIOS = {"query": (1, 16), "docs128": (2000, 128), "docs2048": (50, 2048)}
+WORDS = (
+    "the of and to in is was for on that with as by at from his her an which they were be this are or "
+    "planet river mountain system memory vector search index model token window layer quantized matrix "
+    "Paris Lisboa Tokyo Москва 北京 मुंबई القاهرة emoji 🚀 code def return while for if else import numpy"
+).split()
+
+
+def peak_rss_mb() -> float:
+    if sys.platform == "linux":
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def rss_mb() -> float | None:
+    if sys.platform == "linux":
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def make_texts(model, count: int, tokens: int, seed: int) -> list[str]:
+    """Texts of exactly ``tokens`` tokens (document prompt included), varied so many rows are used."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    texts = []
+    for _ in range(count):
+        words = list(rng.choice(WORDS, size=tokens * 2))
+        text = " ".join(words)
+        ids = model.tokenizer.encode([model.prompt_prefix("document", None) + text]).ids[0]
+        while len(ids) > tokens:  # trim words until it fits exactly or just under
+            words = words[: max(1, len(words) * tokens // len(ids) - 1)]
+            text = " ".join(words)
+            ids = model.tokenizer.encode([model.prompt_prefix("document", None) + text]).ids[0]
+        texts.append(text)
+    return texts
+
+
+def child(model_path: str, scenario: str, scale: float) -> dict:
+    start = time.perf_counter()
+    import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+    import mlx.core as mx
+
+    model = mlx_embedgemma.load(model_path)
+    load_s = time.perf_counter() - start
+    count, tokens = SCENARIOS[scenario]
+    count = max(1, round(count * scale)) if scenario != "query" else 1
+    if scenario == "query":
+        texts, prompt = ["Which planet is known as the Red Planet?"], "query"
+    else:
+        texts, prompt = make_texts(model, count, tokens, seed=0), "document"
+    t0 = time.perf_counter()
+    model.encode(texts[:1], prompt_name=prompt)
+    first_s = time.perf_counter() - t0 + load_s
+    t1 = time.perf_counter()
+    out = model.encode(texts, prompt_name=prompt)
+    run_s = time.perf_counter() - t1
+    assert out.shape[0] == len(texts)
+    return {
+        "scenario": scenario,
+        "texts": len(texts),
+        "tokens_per_text": tokens if scenario != "query" else model.count_tokens(texts, "query")[0],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "end_rss_mb": rss_mb() and round(rss_mb(), 1),
+        "mlx_peak_mb": round(mx.get_peak_memory() / 2**20, 1),
+        "load_s": round(load_s, 3),
+        "first_embedding_s": round(first_s, 3),
+        "run_s": round(run_s, 2),
+        "texts_per_s": round(len(texts) / run_s, 2),
+        "device": str(mx.default_device()),
+        "mlx": mx.__version__,
+        "mlx_embedgemma": mlx_embedgemma.__version__,
+        "blas": mlx_embedgemma._blas.status,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the documents to run")
+    parser.add_argument("--output", type=Path, default=None, help="append JSONL records here (default: stdout only)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.model, args.child, args.scale)))
+        return
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    for scenario in args.scenarios.split(","):
+        if scenario not in SCENARIOS:
+            parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+        proc = subprocess.run(
+            [sys.executable, __file__, args.model, "--child", scenario, "--scale", str(args.scale)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode:
+            sys.exit(f"scenario {scenario} failed:\n{proc.stderr}")
+        record = json.loads(proc.stdout.strip().splitlines()[-1])
+        record.update(
+            model=str(args.model), recipe=config.get("recipe") or config.get("dtype"),
+            machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores", python=platform.python_version(),
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        line = json.dumps(record, ensure_ascii=False)
+        print(line, flush=True)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            with args.output.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
