@@ -15,8 +15,16 @@ from .model import EmbeddingGemmaModel
 from .tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 32
-# Tokens per forward pass (padding included): bounds activation memory whatever the input lengths.
-DEFAULT_MAX_BATCH_TOKENS = 4096
+
+
+def default_max_batch_tokens() -> int:
+    """Padded tokens per forward pass: bounds activation memory whatever the input lengths.
+
+    On the CPU, throughput is flat from 1,024 to 4,096 tokens per pass (1.81 vs 1.84 docs/s, 4-bit,
+    2 cores) while MLX's peak grows from 129 to 229 MB, so the CPU takes the small budget. GPUs need
+    bigger passes to fill up.
+    """
+    return 1024 if mx.default_device() == mx.cpu else 8192
 
 
 class TruncationWarning(UserWarning):
@@ -62,7 +70,7 @@ class EmbeddingGemma:
         prompt: str | None = None,
         dim: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Embed texts: float32 (n, dim), L2-normalized; a single string gives a 1-D vector.
@@ -75,6 +83,8 @@ class EmbeddingGemma:
         items = [texts] if single else _as_texts(texts)
         prefix = self.prompt_prefix(prompt_name, prompt)
         dim = self.check_dim(dim) if dim is not None else self.embedding_dim
+        if max_batch_tokens is None:
+            max_batch_tokens = default_max_batch_tokens()
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
         encoded = self.tokenizer.encode([prefix + t for t in items])
