@@ -208,6 +208,9 @@ class Gemma3Encoder(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [TransformerBlock(args, t) for t in args.layer_types]
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        # Set when the layers' weights are read from disk per call: evaluating layer by layer then
+        # keeps a single layer's weights in memory instead of the whole graph's.
+        self.eval_each_layer = False
 
     def __call__(self, input_ids: mx.array, valid: mx.array, dtype: mx.Dtype) -> mx.array:
         h = self.embed_tokens(input_ids).astype(dtype)
@@ -216,6 +219,8 @@ class Gemma3Encoder(nn.Module):
         masks = attention_masks(valid, self.args.window_radius)
         for layer in self.layers:
             h = layer(h, masks[layer.layer_type])
+            if self.eval_each_layer:
+                mx.eval(h)
         return self.norm(h)
 
 

@@ -28,9 +28,10 @@ def test_inputs_are_longer_than_the_window_and_padded(tiny_f32):
     assert max(lengths) > 3 * 9 and min(lengths) < 9 and len(set(lengths)) > 3
 
 
+@pytest.mark.parametrize("stream_weights", [False, True])
 @pytest.mark.parametrize("prompt_name", [None, "query", "document"])
-def test_float32_matches_sentence_transformers_in_padded_batches(tiny_source, tiny_f32, prompt_name):
-    model = load(tiny_f32)
+def test_float32_matches_sentence_transformers_in_padded_batches(tiny_source, tiny_f32, prompt_name, stream_weights):
+    model = load(tiny_f32, stream_weights=stream_weights)
     ids = our_ids(model, TEXTS, prompt_name)
     expected = reference_embeddings(tiny_source, ids)
     ours = model.encode(TEXTS, prompt_name=prompt_name, batch_size=len(TEXTS))
@@ -63,6 +64,14 @@ def test_quantized_tiny_model_stays_close(tiny_f32, tiny_q4):
     full, quant = load(tiny_f32).encode(TEXTS), load(tiny_q4).encode(TEXTS)
     cosines = np.sum(full * quant, axis=1)
     assert np.all(np.isfinite(quant)) and cosines.min() > 0.9
+
+
+def test_streamed_weights_give_the_same_embeddings(tiny_q4):
+    from mlx_embedgemma.mapped import MappedLinear
+
+    streamed = load(tiny_q4, stream_weights=True)
+    assert isinstance(streamed.network.model.layers[0].mlp.up_proj, MappedLinear)
+    np.testing.assert_allclose(streamed.encode(TEXTS), load(tiny_q4).encode(TEXTS), atol=1e-6)
 
 
 def test_blockwise_attention_matches_sentence_transformers(tiny_source, tiny_f32, monkeypatch):
