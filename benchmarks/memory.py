@@ -1,7 +1,7 @@
 """Peak memory of the whole process that loads a model and embeds, one fresh process per scenario.
 
     .venv/bin/python benchmarks/memory.py MODEL [--scenarios query,docs128,docs2048] [--scale 1.0]
-                                                [--output benchmarks/results/memory.jsonl]
+                                                [--stream-weights] [--output benchmarks/results/memory.jsonl]
 
 Scenarios (issue 3): one ~16-token query; 2,000 documents of ~128 tokens; 50 documents of 2,048 tokens.
 ``--scale 0.1`` runs a tenth of the documents (the record says how many ran). Each scenario appends one
@@ -65,12 +65,12 @@ def make_texts(model, count: int, tokens: int, seed: int) -> list[str]:
     return texts
 
 
-def child(model_path: str, scenario: str, scale: float) -> dict:
+def child(model_path: str, scenario: str, scale: float, stream_weights: bool) -> dict:
     start = time.perf_counter()
     import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
     import mlx.core as mx
 
-    model = mlx_embedgemma.load(model_path)
+    model = mlx_embedgemma.load(model_path, stream_weights=stream_weights)
     load_s = time.perf_counter() - start
     count, tokens = SCENARIOS[scenario]
     count = max(1, round(count * scale)) if scenario != "query" else 1
@@ -87,6 +87,7 @@ def child(model_path: str, scenario: str, scale: float) -> dict:
     assert out.shape[0] == len(texts)
     return {
         "scenario": scenario,
+        "stream_weights": stream_weights,
         "texts": len(texts),
         "tokens_per_text": tokens if scenario != "query" else model.count_tokens(texts, "query")[0],
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -109,17 +110,19 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the documents to run")
     parser.add_argument("--output", type=Path, default=None, help="append JSONL records here (default: stdout only)")
+    parser.add_argument("--stream-weights", action="store_true", help="load(..., stream_weights=True)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.scale)))
+        print(json.dumps(child(args.model, args.child, args.scale, args.stream_weights)))
         return
     config = json.loads((Path(args.model) / "config.json").read_text())
     for scenario in args.scenarios.split(","):
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         proc = subprocess.run(
-            [sys.executable, __file__, args.model, "--child", scenario, "--scale", str(args.scale)],
+            [sys.executable, __file__, args.model, "--child", scenario, "--scale", str(args.scale)]
+            + ["--stream-weights"] * args.stream_weights,
             capture_output=True, text=True, check=False,
         )
         if proc.returncode:
