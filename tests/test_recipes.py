@@ -70,3 +70,14 @@ def test_calibration_texts_are_deterministic_and_multilingual():
     if not calibration._LOCALES.is_dir():
         pytest.skip(f"{calibration._LOCALES} is absent here (no glibc locales): calibration is English only")
     assert sum(not text.isascii() for _, text in first) >= 8
+
+
+def test_cli_help_lists_every_recipe():
+    from click.testing import CliRunner
+
+    from mlx_embedgemma.cli import main
+
+    help_text = CliRunner().invoke(main, ["convert", "--help"]).output
+    for name in recipes.RECIPES:
+        assert name in help_text
+    assert f"{recipes.DEFAULT_RECIPE} (default)" in help_text
