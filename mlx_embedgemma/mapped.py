@@ -49,7 +49,7 @@ class SafetensorsMap:
         info = self.header[name]
         start, end = info["data_offsets"]
         raw = np.frombuffer(self._map, np.uint8, end - start, self._data_start + start)
-        array = mx.array(raw.copy().view(_DTYPES[info["dtype"]]).reshape(info["shape"]))
+        array = mx.array(raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"]))  # MLX copies, unaligned is fine
         return array.view(mx.bfloat16) if info["dtype"] == "BF16" else array
 
     def is_bfloat16(self, name: str) -> bool:
