@@ -12,7 +12,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_map, tree_unflatten
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
@@ -20,8 +20,6 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # Scales and biases of quantized layers: float16 keeps 11 significant bits (bfloat16 only 8, which at
 # 8-bit costs as much as the rounding itself) at the same 0.5 bit/weight overhead with group size 64.
 SCALE_DTYPE = mx.float16
-# Activations overflow float16 in this model (values near 8e5): compute in float32 unless told otherwise.
-COMPUTE_DTYPE = mx.float32
 
 
 def quantization_config(bits: int, group_size: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -127,7 +125,3 @@ def describe(config: dict[str, Any]) -> str:
     extra = f", {overrides} per-layer overrides" if overrides else ""
     recipe = f"recipe {config['recipe']}: " if config.get("recipe") else ""
     return f"{recipe}{q['bits']}-bit {q.get('mode', 'affine')}, group {q['group_size']}{extra}"
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
