@@ -15,6 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlx_embedgemma.mapped import read_header
+
 from . import mapping
 
 # Module classes by name: sentence-transformers 5 writes "sentence_transformers.models.Dense",
@@ -84,16 +86,13 @@ def check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > min(size - 8, 100 << 20):
-                raise ValueError("header length beyond the file")
-            header = json.loads(f.read(header_len))
+            header, data_start = read_header(f, size)
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
         raise SourceError(f"{path} is not a valid safetensors file ({e}); download the checkpoint again") from None
-    if size != 8 + header_len + end:
+    if size != data_start + end:
         raise SourceError(
-            f"{path} is truncated or corrupt: {size} bytes, the header describes {8 + header_len + end}; "
+            f"{path} is truncated or corrupt: {size} bytes, the header describes {data_start + end}; "
             "download the checkpoint again"
         )
 

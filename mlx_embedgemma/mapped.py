@@ -22,16 +22,22 @@ import numpy as np
 _DTYPES = {"U32": np.uint32, "F16": np.float16, "BF16": np.uint16, "F32": np.float32}
 
 
+def read_header(f, size: int) -> tuple[dict, int]:
+    """A safetensors file's JSON header and where its data starts; ValueError if the header is broken."""
+    (length,) = struct.unpack("<Q", f.read(8))
+    if length > min(size - 8, 100 << 20):
+        raise ValueError("header length beyond the file")
+    return json.loads(f.read(length)), 8 + length
+
+
 class SafetensorsMap:
     """Read-only memory map of a safetensors file, giving numpy views of its tensors without copying."""
 
     def __init__(self, path: Path):
         self.path = path
         with path.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            self.header = json.loads(f.read(length))
+            self.header, self._data_start = read_header(f, path.stat().st_size)
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._data_start = 8 + length
 
     def rows(self, name: str, index: np.ndarray) -> np.ndarray:
         """Copies of the given rows of a 2-D tensor; only their pages are read."""
