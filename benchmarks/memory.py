@@ -1,7 +1,7 @@
 """Peak memory of the whole process that loads a model and embeds, one fresh process per scenario.
 
     .venv/bin/python benchmarks/memory.py MODEL [--scenarios query,docs128,docs2048] [--scale 1.0]
-                                                [--stream-weights] [--output benchmarks/results/memory.jsonl]
+                                                [--stream-weights auto|on|off] [--output FILE.jsonl]
 
 Scenarios (issue 3): one ~16-token query; 2,000 documents of ~128 tokens; 50 documents of 2,048 tokens.
 ``--scale 0.1`` runs a tenth of the documents (the record says how many ran). Each scenario appends one
@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+STREAM_CHOICES = {"auto": None, "on": True, "off": False}
 SCENARIOS = {"query": (1, 16), "docs128": (2000, 128), "docs2048": (50, 2048)}
 WORDS = (
     "the of and to in is was for on that with as by at from his her an which they were be this are or "
@@ -65,7 +66,7 @@ def make_texts(model, count: int, tokens: int, seed: int) -> list[str]:
     return texts
 
 
-def child(model_path: str, scenario: str, scale: float, stream_weights: bool) -> dict:
+def child(model_path: str, scenario: str, scale: float, stream_weights: bool | None) -> dict:
     start = time.perf_counter()
     import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
     import mlx.core as mx
@@ -87,7 +88,7 @@ def child(model_path: str, scenario: str, scale: float, stream_weights: bool) ->
     assert out.shape[0] == len(texts)
     return {
         "scenario": scenario,
-        "stream_weights": stream_weights,
+        "stream_weights": model.streams_weights,
         "texts": len(texts),
         "tokens_per_text": tokens if scenario != "query" else model.count_tokens(texts, "query")[0],
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -110,11 +111,13 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the documents to run")
     parser.add_argument("--output", type=Path, default=None, help="append JSONL records here (default: stdout only)")
-    parser.add_argument("--stream-weights", action="store_true", help="load(..., stream_weights=True)")
+    parser.add_argument(
+        "--stream-weights", choices=STREAM_CHOICES, default="auto", help="load(..., stream_weights=...); auto: load's default"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.scale, args.stream_weights)))
+        print(json.dumps(child(args.model, args.child, args.scale, STREAM_CHOICES[args.stream_weights])))
         return
     config = json.loads((Path(args.model) / "config.json").read_text())
     for scenario in args.scenarios.split(","):
@@ -122,7 +125,7 @@ def main() -> None:
             parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         proc = subprocess.run(
             [sys.executable, __file__, args.model, "--child", scenario, "--scale", str(args.scale)]
-            + ["--stream-weights"] * args.stream_weights,
+            + ["--stream-weights", args.stream_weights],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ class EmbeddingGemma:
         from .precision import describe
 
         return f"EmbeddingGemma({str(self.path)!r}, {describe(self.config)}, dims={self.dims})"
+
+    @property
+    def streams_weights(self) -> bool:
+        """True when the blocks' matrices are read from the file per call (see ``load``)."""
+        return self.network.model.eval_each_layer
 
     @property
     def embedding_dim(self) -> int:
@@ -150,14 +156,36 @@ class EmbeddingGemma:
             for row, i in enumerate(batch):
                 tokens[row, : lengths[i]] = ids[i]
             valid = np.arange(width)[None, :] < lengths[batch][:, None]
-            with self._lock:
+            with self._lock, _lean_buffer_cache():
                 emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
                 out[batch] = np.array(emb.astype(mx.float32))
-                # Freed buffers of every padded shape would otherwise pile up in MLX's cache.
-                mx.clear_cache()
             if progress is not None:
                 progress(len(batch))
         return out
+
+
+@contextmanager
+def _lean_buffer_cache() -> Iterator[None]:
+    """Keep MLX's buffer cache from adding to peak memory during one forward pass.
+
+    On the CPU, MLX caches freed buffers (32 MB by default) on top of malloc, which already reuses
+    freed memory: without the cache, peak RSS is 30 MB lower at the same speed (150 vs 179 MB for 16
+    documents of 128 tokens, 171 vs 202 MB for one of 2,048, 4-bit model). GPU buffers are costly to
+    allocate, so there the cache works during the pass and is emptied after it, or buffers of every
+    padded shape would pile up.
+    """
+    if mx.default_device() != mx.cpu:
+        try:
+            yield
+        finally:
+            mx.clear_cache()
+        return
+    previous = mx.set_cache_limit(0)
+    mx.clear_cache()
+    try:
+        yield
+    finally:
+        mx.set_cache_limit(previous)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:

@@ -1,6 +1,7 @@
 """Our conversion of a tiny random EmbeddingGemma against sentence-transformers (float32, CPU)."""
 
 import numpy as np
+import mlx.core as mx
 from mlx.utils import tree_flatten
 import pytest
 
@@ -69,16 +70,25 @@ def test_quantized_tiny_model_stays_close(tiny_f32, tiny_q4):
 def test_streamed_weights_give_the_same_embeddings(tiny_q4):
     from mlx_embedgemma.mapped import MappedLinear
 
-    streamed = load(tiny_q4, stream_weights=True)
+    streamed, resident = load(tiny_q4, stream_weights=True), load(tiny_q4, stream_weights=False)
     assert isinstance(streamed.network.model.layers[0].mlp.up_proj, MappedLinear)
-    np.testing.assert_allclose(streamed.encode(TEXTS), load(tiny_q4).encode(TEXTS), atol=1e-6)
+    assert streamed.streams_weights and not resident.streams_weights
+    np.testing.assert_allclose(streamed.encode(TEXTS), resident.encode(TEXTS), atol=1e-6)
 
 
-def test_blockwise_attention_matches_sentence_transformers(tiny_source, tiny_f32, monkeypatch):
-    # Real inputs switch to query blocks past 512 tokens; blocks of 4 make the tiny model take that path.
+def test_weights_stream_by_default_only_where_it_costs_no_speed(tiny_f32, tiny_q4):
+    # The CPU dequantizes every matrix per call anyway; float models would pay a full copy per call.
+    assert load(tiny_q4).streams_weights == (mx.default_device() == mx.cpu)
+    assert not load(tiny_f32).streams_weights
+
+
+def test_blockwise_attention_and_chunked_mlp_match_sentence_transformers(tiny_source, tiny_f32, monkeypatch):
+    # Real inputs switch to query blocks past 512 tokens and MLP chunks past 1,024; tiny blocks and
+    # chunks make the tiny model take those paths.
     from mlx_embedgemma import model as network
 
     monkeypatch.setattr(network, "QUERY_BLOCK", 4)
+    monkeypatch.setattr(network, "MLP_CHUNK", 7)
     model = load(tiny_f32)
     ids = our_ids(model, TEXTS, "document")
     expected = reference_embeddings(tiny_source, ids)
