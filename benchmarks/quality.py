@@ -10,6 +10,7 @@ One JSON record per model, task and size. Compare models pairwise on the same it
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -76,6 +77,17 @@ def retrieval(model, data: Path, limit: int | None) -> dict[int, float]:
     return {d: 100 * ndcg_at_10(truncate(qs, d) @ truncate(docs, d).T, rel) for d in DIMS}
 
 
+def model_identity(model) -> dict:
+    """What a result belongs to: the weights file's hash, and how the folder stores them."""
+    from mlx_embedgemma.precision import describe
+
+    digest = hashlib.sha256()
+    with (model.path / "model.safetensors").open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return {"weights_sha256": digest.hexdigest()[:16], "storage": describe(model.config)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+")
@@ -87,12 +99,13 @@ def main() -> None:
     tasks = {"sts": sts, "retrieval": retrieval}
     for path in args.models:
         model = mlx_embedgemma.load(path)
+        identity = model_identity(model)
         for task in args.tasks.split(","):
             start = time.perf_counter()
             scores = tasks[task](model, args.data, args.limit)
             for dim, score in scores.items():
                 record = {
-                    "model": path, "recipe": model.config.get("recipe") or model.config.get("dtype"), "task": task,
+                    "model": path, **identity, "task": task,
                     "metric": "spearman" if task == "sts" else "ndcg@10", "dim": dim, "score": round(score, 3),
                     "limit": args.limit, "seconds": round(time.perf_counter() - start, 1),
                     "machine": f"{platform.system()} {platform.machine()}",

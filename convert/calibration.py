@@ -1,14 +1,19 @@
-"""Calibration inputs for GPTQ: texts found on any machine, and the layer statistics they produce.
+"""Calibration inputs for GPTQ: a fixed set of texts shipped with the converter, and the layer
+statistics they produce.
 
-The texts deliberately come from nowhere near the evaluation sets: Python's own docstrings (English
-prose and code) and the day and month names of every glibc locale (hundreds of languages and scripts),
-each under one of the model's task prompts, as the model sees them in use.
+The texts come from nowhere near the evaluation sets: Python's own docstrings (English prose and
+code) and the day and month names of every glibc locale (hundreds of languages and scripts), each
+under one of the model's task prompts, as the model sees them in use. They are frozen in
+``calibration.jsonl`` so that a conversion gives the same model on every machine and Python version
+(macOS has no glibc locale sources; docstrings change between Python releases).
+``python -m mlx_embedgemma.convert.calibration`` rebuilds that file from the running Python and OS.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -72,8 +77,17 @@ def _field(text: str, key: str) -> str:
     return match[1] if match else ""
 
 
+CALIBRATION_FILE = Path(__file__).with_name("calibration.jsonl")
+
+
 def calibration_texts(limit: int = 128) -> list[tuple[str, str]]:
-    """(prompt name, text) pairs: docstrings interleaved with multilingual lines, deterministic."""
+    """(prompt name, text) pairs from the shipped calibration file."""
+    lines = CALIBRATION_FILE.read_text(encoding="utf-8").splitlines()[:limit]
+    return [(row["prompt_name"], row["text"]) for row in map(json.loads, lines)]
+
+
+def build_calibration_texts(limit: int = 128) -> list[tuple[str, str]]:
+    """Docstrings interleaved with multilingual lines, as found on this machine; deterministic."""
     docs, langs = _docstrings(), _locale_lines()
     rng = np.random.default_rng(0)
     docs = [docs[i] for i in rng.permutation(len(docs))][: limit * 3 // 4]
@@ -124,3 +138,10 @@ def _unflatten(flat: dict[str, nn.Module]):
     from mlx.utils import tree_unflatten
 
     return tree_unflatten(list(flat.items()))
+
+
+if __name__ == "__main__":
+    with CALIBRATION_FILE.open("w", encoding="utf-8") as f:
+        for prompt_name, text in build_calibration_texts():
+            f.write(json.dumps({"prompt_name": prompt_name, "text": text}, ensure_ascii=False) + "\n")
+    print(f"wrote {CALIBRATION_FILE}")
