@@ -42,3 +42,31 @@ def test_memory_benchmark_records_one_fresh_process_per_scenario(tiny_f32, tmp_p
     for r in records:
         assert r["peak_rss_mb"] >= r["end_rss_mb"] > 0 and r["mlx_peak_mb"] > 0
         assert r["first_embedding_s"] >= r["load_s"] > 0 and r["recipe"] == "float32"
+
+
+def test_bits_per_weight_count_scales_and_biases(tiny_f32, tiny_q4):
+    import precision
+
+    from mlx_embedgemma import load
+
+    assert precision.block_bits_per_weight(load(tiny_f32)) == pytest.approx(32)
+    # 4-bit codes plus a float16 scale and bias per group of 32: 4 + 32 / 32.
+    assert precision.block_bits_per_weight(load(tiny_q4)) == pytest.approx(5.0)
+
+
+def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path):
+    import precision
+
+    results = tmp_path / "precision.jsonl"
+    records = [
+        {"weights_sha256": "aa", "storage": "float32", "measurement": "sts", "scores": {"768": 88.0, "512": 88.0, "256": 88.0, "128": 87.0}},
+        {"weights_sha256": "bb", "storage": "recipe q4-mixed", "measurement": "sts", "scores": {"768": 87.75, "512": 88.1, "256": 88.0, "128": 86.5}},
+        {"weights_sha256": "bb", "storage": "recipe q4-mixed", "measurement": "size", "size_mb": 185.2, "block_bits_per_weight": 4.86},
+    ]
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = precision.table([], results).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| float32 |")
+    row = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert row[:3] == ["recipe q4-mixed", "4.86", "185 MB"]
+    assert row[6:10] == ["87.75 (-0.25)", "88.10 (+0.10)", "88.00 (+0.00)", "86.50 (-0.50)"]
+    assert row[10:] == ["–"] * 4

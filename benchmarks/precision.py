@@ -1,0 +1,179 @@
+"""Size, memory and accuracy of model folders side by side: the table behind README's precision table.
+
+    .venv/bin/python benchmarks/precision.py MODEL [MODEL ...]
+        [--results benchmarks/results/precision-linux-x86_64.jsonl] [--memory-scale 0.1] [--table-only]
+
+For each folder (float32, bfloat16, 8-bit, plain 4-bit, the default recipe, ...) it measures what the
+results file does not hold yet for those exact weights (keyed by the weights' hash), appends one JSON
+record per measurement, and prints the Markdown table from the file:
+
+- size on disk, and bits per weight over the transformer blocks' matrices (scales and biases included);
+- peak RSS of a fresh process embedding 128-token documents (memory.py scenario docs128; at
+  ``--memory-scale 0.1``, 200 of its 2,000 documents: the peak is reached in the first batches);
+- mean and min cosine to ../shared/reference/public.npy (38 texts, 8 to 2,048 tokens);
+- STS-B Spearman and AIA-BDE NDCG@10 at 768/512/256/128 dims (quality.py), each also shown as the
+  difference to the float32 folder's score on the same items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import numpy as np
+import quality  # beside this file
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared"
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def block_bits_per_weight(model) -> float:
+    """Stored bits per parameter of the blocks' projection matrices, scales and biases included."""
+    from mlx_embedgemma.mapped import SafetensorsMap
+
+    header = SafetensorsMap(model.path / "model.safetensors").header
+    a = model.network.args
+    per_layer = 2 * a.hidden_size * a.num_attention_heads * a.head_dim + 2 * a.hidden_size * a.num_key_value_heads * a.head_dim
+    params = a.num_hidden_layers * (per_layer + 3 * a.hidden_size * a.intermediate_size)
+    stored = sum(
+        info["data_offsets"][1] - info["data_offsets"][0]
+        for name, info in header.items()
+        if name.startswith("model.layers.") and name.split(".")[-2] in PROJECTIONS
+    )
+    return 8 * stored / params
+
+
+def measure_size(model) -> dict:
+    size = sum(f.stat().st_size for f in model.path.iterdir() if f.is_file())
+    return {"size_mb": round(size / 1e6, 1), "block_bits_per_weight": round(block_bits_per_weight(model), 3)}
+
+
+def measure_cosine(model) -> dict:
+    rows = [json.loads(line) for line in (SHARED / "reference" / "public.jsonl").read_text(encoding="utf-8").splitlines()]
+    reference = np.load(SHARED / "reference" / "public.npy")
+    ours = np.zeros_like(reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 2,048-token row is truncated, as in the reference
+        for name in sorted({r["prompt_name"] for r in rows}):
+            index = [i for i, r in enumerate(rows) if r["prompt_name"] == name]
+            ours[index] = model.encode([rows[i]["text"] for i in index], prompt_name=name)
+    cosine = np.sum(ours * reference, axis=1)
+    return {"rows": len(rows), "mean_cosine": round(float(cosine.mean()), 5), "min_cosine": round(float(cosine.min()), 5)}
+
+
+def measure_memory(model, scale: float) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "memory.py"), str(model.path), "--scenarios", "docs128", "--scale", str(scale)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"memory.py failed on {model.path}:\n{proc.stderr}")
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {k: record[k] for k in ("texts", "tokens_per_text", "peak_rss_mb", "mlx_peak_mb", "texts_per_s")} | {"scale": scale}
+
+
+def measure_quality(model, task: str) -> dict:
+    scores = {"sts": quality.sts, "retrieval": quality.retrieval}[task](model, SHARED / "eval", None)
+    return {"scores": {str(d): round(s, 3) for d, s in scores.items()}}
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run(models: list[str], results: Path, memory_scale: float) -> None:
+    done = {(r["weights_sha256"], r["measurement"]) for r in read_results(results)}
+    measurements = {
+        "size": measure_size,
+        "cosine": measure_cosine,
+        "memory_docs128": lambda m: measure_memory(m, memory_scale),
+        "sts": lambda m: measure_quality(m, "sts"),
+        "retrieval": lambda m: measure_quality(m, "retrieval"),
+    }
+    for path in models:
+        model = mlx_embedgemma.load(path)
+        identity = quality.model_identity(model)
+        for name, measure in measurements.items():
+            if (identity["weights_sha256"], name) in done:
+                continue
+            print(f"{path}: {name} ...", file=sys.stderr, flush=True)
+            record = {"model": path, **identity, "measurement": name, **measure(model)}
+            record.update(
+                machine=f"{platform.system()} {platform.machine()}", mlx_embedgemma=mlx_embedgemma.__version__,
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with results.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def table(models: list[str], results: Path) -> str:
+    """Markdown: one row per weights hash, in the order the models were given (latest record wins)."""
+    by_model: dict[str, dict[str, dict]] = {}
+    order: list[str] = []
+    wanted = {quality.model_identity(mlx_embedgemma.load(p))["weights_sha256"] for p in models} if models else None
+    for r in read_results(results):
+        key = r["weights_sha256"]
+        if wanted is not None and key not in wanted:
+            continue
+        if key not in by_model:
+            order.append(key)
+        by_model.setdefault(key, {})[r["measurement"]] = r
+    baseline = next((by_model[k] for k in order if next(iter(by_model[k].values()))["storage"] == "float32"), None)
+    dims = [str(d) for d in quality.DIMS]
+
+    def scores(entry: dict, task: str) -> list[str]:
+        if task not in entry:
+            return ["–"] * len(dims)
+        cells = []
+        for d in dims:
+            score = entry[task]["scores"][d]
+            base = baseline and baseline.get(task, {}).get("scores", {}).get(d)
+            cells.append(f"{score:.2f}" + (f" ({score - base:+.2f})" if base is not None and entry is not baseline else ""))
+        return cells
+
+    head = ["storage", "bits/weight (blocks)", "size on disk", "peak RSS (b)", "mean cos", "min cos"]
+    head += [f"STS {d}" for d in dims] + [f"NDCG@10 {d}" for d in dims]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in order:
+        e = by_model[key]
+        first = next(iter(e.values()))
+        size, cos, mem = e.get("size", {}), e.get("cosine", {}), e.get("memory_docs128", {})
+        row = [
+            first["storage"],
+            f"{size['block_bits_per_weight']:.2f}" if size else "–",
+            f"{size['size_mb']:.0f} MB" if size else "–",
+            f"{mem['peak_rss_mb']:.0f} MB" if mem else "–",
+            f"{cos['mean_cosine']:.4f}" if cos else "–",
+            f"{cos['min_cosine']:.4f}" if cos else "–",
+        ] + scores(e, "sts") + scores(e, "retrieval")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="model folders; none with --table-only: every model in the file")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / f"precision-{platform.system().lower()}-{platform.machine()}.jsonl")
+    parser.add_argument("--memory-scale", type=float, default=0.1, help="fraction of scenario b's 2,000 documents")
+    parser.add_argument("--table-only", action="store_true", help="render the table from the results file, measure nothing")
+    args = parser.parse_args()
+    if not args.table_only:
+        if not args.models:
+            parser.error("give model folders to measure, or --table-only")
+        run(args.models, args.results, args.memory_scale)
+    print(table(args.models, args.results))
+
+
+if __name__ == "__main__":
+    main()
