@@ -70,3 +70,26 @@ def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path
     assert row[:3] == ["recipe q4-mixed", "4.86", "185 MB"]
     assert row[6:10] == ["87.75 (-0.25)", "88.10 (+0.10)", "88.00 (+0.00)", "86.50 (-0.50)"]
     assert row[10:] == ["–"] * 4
+
+
+def test_stream_lengths_mix_short_texts_with_a_long_tail():
+    import stream
+
+    lengths = stream.target_lengths(3000, 32, seed=0)
+    assert lengths.min() >= 1 and lengths.max() == stream.MAX_TOKENS
+    assert list(lengths[999::1000]) == [stream.MAX_TOKENS] * 3
+    assert 20 <= np.median(lengths) <= 45 and (lengths > 512).sum() >= 10
+
+
+def test_stream_benchmark_samples_rss_after_every_call(tiny_f32, tmp_path):
+    out = tmp_path / "stream.jsonl"
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / "stream.py"), str(tiny_f32), "--count", "30", "--chunk", "10",
+         "--median-tokens", "8", "--output", str(out)],
+        check=True, capture_output=True, text=True,
+    )
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["texts"] == 30 and [n for n, _ in record["rss_series"]] == [10, 20, 30]
+    assert record["growth_mb"] == pytest.approx(record["rss_end_mb"] - record["rss_after_warmup_mb"], abs=0.11)
+    assert record["peak_rss_mb"] >= record["rss_max_sampled_mb"] > 0
+    assert record["tokens_per_text"]["max"] <= 80  # the tiny model's maximum length

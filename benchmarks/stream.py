@@ -1,0 +1,112 @@
+"""Does RSS stay flat over a long stream of texts of mixed lengths? (issue 3)
+
+    .venv/bin/python benchmarks/stream.py MODEL [--count 20000] [--median-tokens 32] [--chunk 100]
+                                          [--output benchmarks/results/stream.jsonl]
+
+Embeds ``--count`` documents, ``--chunk`` per ``encode`` call, and samples the process's RSS after
+every call. Lengths follow a log-normal law (median ``--median-tokens``, sigma 1.2, clipped to 1 and
+2,048 tokens) and every 1,000th text is 2,048 tokens long, so the stream mixes many short texts with
+a long tail; the words vary so that new embedding rows keep arriving. One JSON record: the length
+distribution that ran, RSS after the first 5% of texts and at the end, their difference, the highest
+RSS sampled, VmHWM, and the RSS series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import numpy as np
+from mlx_embedgemma.embedder import TruncationWarning
+from mlx_embedgemma.precision import describe
+from memory import WORDS, peak_rss_mb, rss_mb  # beside this file
+
+MAX_TOKENS = 2048
+
+
+def target_lengths(count: int, median: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(np.log(median), 1.2, count)), 1, MAX_TOKENS).astype(int)
+    lengths[999::1000] = MAX_TOKENS
+    return lengths
+
+
+def make_text(model, tokens: int, rng: np.random.Generator, word_tokens: dict[str, int]) -> str:
+    """About ``tokens`` tokens of text (prompt, <bos> and <eos> included); long ones are truncated."""
+    budget = tokens - model.count_tokens([""], "document")[0]
+    words: list[str] = []
+    while budget > 0:
+        word = WORDS[rng.integers(len(WORDS))] + (str(rng.integers(1000)) if rng.random() < 0.2 else "")
+        cost = word_tokens.get(word) or word_tokens.setdefault(word, len(model.tokenizer.encode([" " + word]).ids[0]) - 2)
+        words.append(word)
+        budget -= cost
+    return " ".join(words) if words else "."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--median-tokens", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=100, help="texts per encode call (RSS is sampled after each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+
+    warnings.simplefilter("ignore", TruncationWarning)  # texts meant to be 2,048 tokens may come out a token over
+    model = mlx_embedgemma.load(args.model)
+    rng = np.random.default_rng(args.seed + 1)
+    word_tokens: dict[str, int] = {}
+    lengths = target_lengths(args.count, args.median_tokens, args.seed)
+    warmup = max(args.chunk, args.count // 20)
+    series: list[tuple[int, float]] = []
+    tokens_seen: list[int] = []
+    start = time.perf_counter()
+    for first in range(0, args.count, args.chunk):
+        texts = [make_text(model, int(n), rng, word_tokens) for n in lengths[first : first + args.chunk]]
+        tokens_seen += model.count_tokens(texts, "document")
+        out = model.encode(texts, prompt_name="document")
+        assert out.shape == (len(texts), model.embedding_dim) and np.isfinite(out).all()
+        series.append((first + len(texts), round(rss_mb(), 1)))
+        print(f"\r{series[-1][0]}/{args.count} texts, RSS {series[-1][1]:.0f} MB", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    after_warmup = next(rss for done, rss in series if done >= warmup)
+    seen = np.array(tokens_seen)
+    record = {
+        "model": args.model,
+        "storage": describe(model.config),
+        "streams_weights": model.streams_weights,
+        "texts": args.count,
+        "tokens": int(seen.sum()),
+        "tokens_per_text": {
+            "min": int(seen.min()), "median": int(np.median(seen)), "p99": int(np.percentile(seen, 99)),
+            "max": int(seen.max()), "over_512": int((seen > 512).sum()), "at_max": int((seen >= MAX_TOKENS).sum()),
+        },
+        "rss_after_warmup_mb": after_warmup,
+        "warmup_texts": warmup,
+        "rss_end_mb": series[-1][1],
+        "growth_mb": round(series[-1][1] - after_warmup, 1),
+        "rss_max_sampled_mb": max(rss for _, rss in series),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rss_series": series,
+    }
+    line = json.dumps(record, ensure_ascii=False)
+    print(line)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with args.output.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
