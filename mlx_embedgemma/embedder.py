@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -164,15 +166,29 @@ class EmbeddingGemma:
         return out
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # a C library without it (musl)
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 @contextmanager
 def _lean_buffer_cache() -> Iterator[None]:
-    """Keep MLX's buffer cache from adding to peak memory during one forward pass.
+    """Keep freed buffers from adding to peak memory, during one forward pass and across many.
 
     On the CPU, MLX caches freed buffers (32 MB by default) on top of malloc, which already reuses
     freed memory: without the cache, peak RSS is 30 MB lower at the same speed (150 vs 179 MB for 16
-    documents of 128 tokens, 171 vs 202 MB for one of 2,048, 4-bit model). GPU buffers are costly to
-    allocate, so there the cache works during the pass and is emptied after it, or buffers of every
-    padded shape would pile up.
+    documents of 128 tokens, 171 vs 202 MB for one of 2,048, 4-bit model). glibc then keeps the freed
+    heap, fragmented, and the peak crept up pass after pass (177 -> 180 MB over 8 documents of 2,048
+    tokens, 192 MB after 50); malloc_trim after each pass holds it flat and RSS between passes drops
+    from 137 to 108 MB. GPU buffers are costly to allocate, so there the cache works during the pass
+    and is emptied after it, or buffers of every padded shape would pile up.
     """
     if mx.default_device() != mx.cpu:
         try:
@@ -186,6 +202,8 @@ def _lean_buffer_cache() -> Iterator[None]:
         yield
     finally:
         mx.set_cache_limit(previous)
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:
