@@ -120,15 +120,13 @@ def run(models: list[str], results: Path, memory_scale: float) -> None:
 def table(models: list[str], results: Path) -> str:
     """Markdown: one row per weights hash, in the order the models were given (latest record wins)."""
     by_model: dict[str, dict[str, dict]] = {}
-    order: list[str] = []
-    wanted = {quality.model_identity(mlx_embedgemma.load(p))["weights_sha256"] for p in models} if models else None
     for r in read_results(results):
-        key = r["weights_sha256"]
-        if wanted is not None and key not in wanted:
-            continue
-        if key not in by_model:
-            order.append(key)
-        by_model.setdefault(key, {})[r["measurement"]] = r
+        by_model.setdefault(r["weights_sha256"], {})[r["measurement"]] = r
+    if models:
+        order = [quality.model_identity(mlx_embedgemma.load(p))["weights_sha256"] for p in models]
+        order = [key for key in order if key in by_model]
+    else:
+        order = list(by_model)
     baseline = next((by_model[k] for k in order if next(iter(by_model[k].values()))["storage"] == "float32"), None)
     dims = [str(d) for d in quality.DIMS]
 
@@ -150,7 +148,7 @@ def table(models: list[str], results: Path) -> str:
         first = next(iter(e.values()))
         size, cos, mem = e.get("size", {}), e.get("cosine", {}), e.get("memory_docs128", {})
         row = [
-            first["storage"],
+            first["storage"].split(":")[0].removeprefix("recipe "),  # "recipe q4-mixed: 4-bit ..." -> "q4-mixed"
             f"{size['block_bits_per_weight']:.2f}" if size else "–",
             f"{size['size_mb']:.0f} MB" if size else "–",
             f"{mem['peak_rss_mb']:.0f} MB" if mem else "–",

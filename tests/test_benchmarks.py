@@ -60,14 +60,14 @@ def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path
     results = tmp_path / "precision.jsonl"
     records = [
         {"weights_sha256": "aa", "storage": "float32", "measurement": "sts", "scores": {"768": 88.0, "512": 88.0, "256": 88.0, "128": 87.0}},
-        {"weights_sha256": "bb", "storage": "recipe q4-mixed", "measurement": "sts", "scores": {"768": 87.75, "512": 88.1, "256": 88.0, "128": 86.5}},
-        {"weights_sha256": "bb", "storage": "recipe q4-mixed", "measurement": "size", "size_mb": 185.2, "block_bits_per_weight": 4.86},
+        {"weights_sha256": "bb", "storage": "recipe q4-mixed: 4-bit", "measurement": "sts", "scores": {"768": 87.75, "512": 88.1, "256": 88.0, "128": 86.5}},
+        {"weights_sha256": "bb", "storage": "recipe q4-mixed: 4-bit", "measurement": "size", "size_mb": 185.2, "block_bits_per_weight": 4.86},
     ]
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = precision.table([], results).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| float32 |")
     row = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert row[:3] == ["recipe q4-mixed", "4.86", "185 MB"]
+    assert row[:3] == ["q4-mixed", "4.86", "185 MB"]
     assert row[6:10] == ["87.75 (-0.25)", "88.10 (+0.10)", "88.00 (+0.00)", "86.50 (-0.50)"]
     assert row[10:] == ["–"] * 4
 
