@@ -2,7 +2,7 @@
 
 A recipe expands into the ``"quantization"`` entry of ``config.json`` (mlx-lm's format: a default plus
 per-module overrides), which is all the runtime reads; ``"recipe"`` records the name beside it.
-The measurements behind the default are in benchmarks/README.md.
+The measurements behind the default are in README.md ("Recipes").
 """
 
 from __future__ import annotations
