@@ -48,6 +48,16 @@ def rss_mb() -> float | None:
     return None
 
 
+def emit(record: dict, output: Path | None) -> None:
+    """Print one JSONL record, and append it to ``output`` if given."""
+    line = json.dumps(record, ensure_ascii=False)
+    print(line, flush=True)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
 def make_texts(model, count: int, tokens: int, seed: int) -> list[str]:
     """Texts of exactly ``tokens`` tokens (document prompt included), varied so many rows are used."""
     import numpy as np
@@ -136,12 +146,7 @@ def main() -> None:
             machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores", python=platform.python_version(),
             date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        line = json.dumps(record, ensure_ascii=False)
-        print(line, flush=True)
-        if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            with args.output.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        emit(record, args.output)
 
 
 if __name__ == "__main__":

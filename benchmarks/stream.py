@@ -14,7 +14,6 @@ RSS sampled, VmHWM, and the RSS series.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -26,7 +25,7 @@ import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
 import numpy as np
 from mlx_embedgemma.embedder import TruncationWarning
 from mlx_embedgemma.precision import describe
-from memory import WORDS, peak_rss_mb, rss_mb  # beside this file
+from memory import WORDS, emit, peak_rss_mb, rss_mb  # beside this file
 
 MAX_TOKENS = 2048
 
@@ -104,12 +103,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rss_series": series,
     }
-    line = json.dumps(record, ensure_ascii=False)
-    print(line)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with args.output.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    emit(record, args.output)
 
 
 if __name__ == "__main__":
