@@ -73,13 +73,17 @@ def test_calibration_texts_ship_with_the_converter_and_are_multilingual():
     assert {prompt for prompt, _ in texts} >= {"document", "query", "STS"}
 
 
-def test_shipped_calibration_file_is_what_its_builder_makes_here():
+def test_shipped_calibration_file_is_what_its_builder_makes_here(tmp_path):
     if not calibration._LOCALES.is_dir() or sys.version_info[:2] != (3, 11):
         pytest.skip("the file was built on Python 3.11 with glibc's locale sources; elsewhere the builder makes another set")
     # In a fresh interpreter, as `python -m mlx_embedgemma.convert.calibration` runs it: which docstrings
     # it finds depends on the modules already imported, and this test process has imported many.
+    # Run outside the checkout: there `mlx_embedgemma/` would shadow the installed package, which alone
+    # has `convert` inside it.
     code = "import json; from mlx_embedgemma.convert.calibration import build_calibration_texts as b; print(json.dumps(b()))"
-    built = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    built = json.loads(run.stdout)
     assert [tuple(pair) for pair in built] == calibration_texts()
 
 
