@@ -19,6 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import kernels
+
 _DTYPES = {"U32": np.uint32, "F16": np.float16, "BF16": np.uint16, "F32": np.float32}
 
 
@@ -118,9 +120,8 @@ class MappedLinear(nn.Module):
         names, file = self._rows.names, self._rows.file
         w = file.tensor(names["weight"])
         if self.quantized:
-            scales = file.tensor(names["scales"]).astype(x.dtype)
-            biases = file.tensor(names["biases"]).astype(x.dtype) if "biases" in names else None
-            w = mx.dequantize(w, scales, biases, self.group_size, self.bits, mode=self.mode)
+            scales, biases = file.tensor(names["scales"]), file.tensor(names["biases"])
+            w = kernels.dequantize(w, scales, biases, self.group_size, self.bits, x.dtype)
         y = x @ w.astype(x.dtype).T
         if "bias" in names:
             y = y + file.tensor(names["bias"]).astype(x.dtype)

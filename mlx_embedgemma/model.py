@@ -14,6 +14,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from .kernels import gelu_approx_mul
+
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
@@ -214,7 +216,7 @@ class MLP(nn.Module):
         return mx.concatenate(chunks).reshape(shape)
 
     def _forward(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.gelu_approx(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(gelu_approx_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class TransformerBlock(nn.Module):
