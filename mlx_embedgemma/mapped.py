@@ -121,8 +121,9 @@ class MappedLinear(nn.Module):
         w = file.tensor(names["weight"])
         if self.quantized:
             scales, biases = file.tensor(names["scales"]), file.tensor(names["biases"])
-            w = kernels.dequantize(w, scales, biases, self.group_size, self.bits, x.dtype)
-        y = x @ w.astype(x.dtype).T
+            y = kernels.dequantized_matmul(x, w, scales, biases, self.group_size, self.bits)
+        else:
+            y = x @ w.astype(x.dtype).T
         if "bias" in names:
             y = y + file.tensor(names["bias"]).astype(x.dtype)
         file.release()

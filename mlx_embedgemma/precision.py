@@ -87,8 +87,7 @@ class DequantizingLinear(nn.QuantizedLinear):
         return layer
 
     def __call__(self, x: mx.array) -> mx.array:
-        w = kernels.dequantize(self.weight, self.scales, self.biases, self.group_size, self.bits, x.dtype)
-        y = x @ w.T
+        y = kernels.dequantized_matmul(x, self.weight, self.scales, self.biases, self.group_size, self.bits)
         return y + self.bias if "bias" in self else y
 
 
