@@ -1,8 +1,9 @@
-"""The `mlx-embedgemma` command: convert, embed, info."""
+"""The `mlx-embedgemma` command: convert, embed, bench, info."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -128,6 +129,129 @@ def _read_texts(stream) -> Iterator[str]:
         if not isinstance(text, str):
             raise click.ClickException(f"{stream.name}, line {n}: 'text' must be a string")
         yield text
+
+
+class _BenchGroup(click.Group):
+    """`bench MODEL ...` runs the harness; `bench report FILES ...` renders recorded results."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BenchGroup)
+def bench() -> None:
+    """Benchmark a model (`bench MODEL`), or render result files (`bench report FILES...`)."""
+
+
+def _shared_dir() -> Path | None:
+    """../shared (evaluation data, reference embeddings) beside the checkout or the working directory."""
+    candidates = [os.environ.get("EMBEDGEMMA_SHARED"), Path.cwd().parent / "shared", Path.cwd() / "shared",
+                  Path(__file__).resolve().parents[2] / "shared"]
+    return next((Path(c) for c in candidates if c and (Path(c) / "eval").is_dir()), None)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@bench.command("run")
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--device", type=click.Choice(["cpu", "gpu", "all"]), default="all", show_default=True,
+              help="gpu: Metal on a Mac, CUDA on Linux; all: every device MLX has here.")
+@click.option("--dims", default=None, help="Matryoshka sizes to measure [default: all of the model's: 768,512,256,128].")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append JSONL records here.")
+@click.option("--quick", is_flag=True, help="Fewer repetitions (30 query runs, one timed call per batch); quality only if cached.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for every runner [default: all cores].")
+@click.option("--peers", default="auto", show_default=True,
+              help="Comma list of sentence-transformers, llama.cpp; 'auto': those installed; 'none'.")
+@click.option("--st-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Hugging Face folder for the sentence-transformers peer [default: $EMBEDGEMMA_SOURCE].")
+@click.option("--gguf", "ggufs", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="GGUF file for the llama.cpp peer (repeatable; see benchmarks/README.md to make them).")
+@click.option("--shared", "shared", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder with eval/ and reference/ [default: ../shared or $EMBEDGEMMA_SHARED].")
+@click.option("--no-quality", is_flag=True, help="Skip STS and retrieval scores.")
+def bench_run(model: Path, device: str, dims: str | None, output: Path | None, quick: bool, threads: int | None, peers: str,
+              st_model: Path | None, ggufs: tuple[Path, ...], shared: Path | None, no_quality: bool) -> None:
+    """Latency, throughput, memory, downstream cost and quality of MODEL per dim and device, beside its peers."""
+    from .benchmarks import harness
+    from .loading import load
+
+    try:
+        m = load(model)
+        sizes = [m.check_dim(int(d)) for d in dims.split(",")] if dims else list(m.dims)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--dims") from None
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    available = harness.available_devices()
+    devices = available if device == "all" else [device]
+    if device == "gpu" and "gpu" not in available:
+        raise click.UsageError("MLX has no GPU here (Metal on Apple silicon, CUDA with mlx[cuda13]); use --device cpu")
+
+    installed = {"sentence-transformers": _installed("sentence_transformers"), "llama.cpp": _installed("llama_cpp")}
+    if peers == "auto":
+        chosen = [p for p, ok in installed.items() if ok]
+    elif peers == "none":
+        chosen = []
+    else:
+        chosen = [p.strip() for p in peers.split(",") if p.strip()]
+        for p in chosen:
+            if p not in installed:
+                raise click.BadParameter(f"unknown peer {p!r}; known: {', '.join(installed)}", param_hint="--peers")
+            if not installed[p]:
+                raise click.UsageError(f"peer {p} is not installed: see benchmarks/README.md")
+    st_model = st_model or (Path(os.environ["EMBEDGEMMA_SOURCE"]) if os.environ.get("EMBEDGEMMA_SOURCE") else None)
+    skipped = []
+    if "sentence-transformers" in chosen and st_model is None:
+        skipped.append("sentence-transformers (give --st-model, the Hugging Face folder)")
+    if "llama.cpp" in chosen and not ggufs:
+        skipped.append("llama.cpp (give --gguf FILE)")
+    shared = shared or _shared_dir()
+    if shared is None:
+        skipped.append("quality and cosine to the reference (../shared not found; give --shared)")
+    elif not no_quality and not (shared / "eval").is_dir():
+        skipped.append(f"quality ({shared / 'eval'} not found)")
+    for what in skipped:
+        click.echo(f"skipping {what}", err=True)
+
+    settings = harness.Settings.quick() if quick else harness.Settings()
+    run = harness.Run(
+        model=model.expanduser().resolve(), devices=devices, dims=sizes, output=output, settings=settings,
+        threads=threads or os.cpu_count() or 1, peers=chosen, st_model=st_model, ggufs=list(ggufs),
+        data_dir=shared / "eval" if shared and (shared / "eval").is_dir() else None,
+        reference_dir=shared / "reference" if shared and (shared / "reference").is_dir() else None,
+        cache_dir=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-embedgemma" / "bench",
+        quality=not no_quality, quality_from_cache_only=quick,
+    )
+    try:
+        records = run.execute()
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{len(records)} records" + (f" appended to {output}" if output else ""), err=True)
+
+
+@bench.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write README.md and PNG plots into this folder [default: print the tables].")
+@click.option("--no-plots", is_flag=True, help="Tables only (no matplotlib needed).")
+def bench_report(files: tuple[Path, ...], output: Path | None, no_plots: bool) -> None:
+    """Markdown tables and PNG plots (latency, throughput, memory, quality per dim and device) from result FILES."""
+    from .benchmarks import report
+
+    try:
+        text = report.write(list(files), output, with_plots=not no_plots)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    if output is None:
+        click.echo(text)
+    else:
+        click.echo(f"wrote {output / 'README.md'}", err=True)
 
 
 @main.command()

@@ -1,0 +1,104 @@
+"""What a benchmark record was measured on, so records from different machines can sit side by side."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx.core as mx
+
+SCHEMA = 1
+
+
+def backend(device: mx.Device) -> str:
+    if device.type == mx.cpu:
+        return "cpu"
+    return "metal" if mx.metal.is_available() else "cuda"
+
+
+def device_name(device: mx.Device) -> str:
+    """Apple chip, GPU name or CPU model, as the hardware reports it."""
+    with mx.stream(device):
+        name = str(mx.device_info().get("device_name", "")).strip()
+    if device.type == mx.cpu:
+        name = _cpu_model() or name
+    return name or "unknown"
+
+
+def _cpu_model() -> str | None:
+    if sys.platform == "darwin":
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False)
+        return out.stdout.strip() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+@lru_cache(maxsize=None)
+def git_commit() -> str | None:
+    """The checkout's commit (with "-dirty" if it has local changes), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit[:12] + ("-dirty" if dirty else "")
+
+
+@lru_cache(maxsize=None)
+def model_hash(path: Path) -> str:
+    """First 16 hex digits of the sha256 of the weights file: the identity of a model folder's numbers."""
+    digest = hashlib.sha256()
+    with (Path(path) / "model.safetensors").open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def blas() -> str:
+    if sys.platform == "darwin":
+        return "Accelerate"
+    provider = mlx_embedgemma._blas.sgemm_provider()
+    return os.path.basename(provider) if provider else "MLX's bundled reference BLAS"
+
+
+def blas_threads() -> int | None:
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return os.cpu_count()
+
+
+def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None, storage: str | None = None) -> dict:
+    """Versions, commit, backend, device, OS, cores, BLAS, threads, model hash and storage, date."""
+    return {
+        "schema": SCHEMA,
+        "package": mlx_embedgemma.__version__,
+        "git_commit": git_commit(),
+        "mlx": mx.__version__,
+        "backend": backend(device),
+        "device_name": device_name(device),
+        "os": platform.platform(terse=True),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "blas": blas() if device.type == mx.cpu else None,
+        "threads": threads,
+        "blas_threads": blas_threads() if device.type == mx.cpu else None,
+        "model_hash": model_hash(model_path) if model_path else None,
+        "storage": storage,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
