@@ -1,7 +1,7 @@
 """What importing and using the package pulls in, checked in fresh interpreters.
 
-The runtime must stay light: no torch, transformers, sentence-transformers, no CLI (click) and no
-converter just to load a model and embed.
+The runtime must stay light: no torch, transformers, sentence-transformers, no CLI (click), no
+converter and no benchmark harness just to load a model and embed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-HEAVY = ["torch", "transformers", "sentence_transformers", "click", "mlx_embedgemma.convert", "mlx_embedgemma.cli"]
+HEAVY = [
+    "torch", "transformers", "sentence_transformers", "llama_cpp", "matplotlib", "click",
+    "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
+]
 
 
 def run_python(code: str, cwd: Path) -> dict:
