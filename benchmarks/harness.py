@@ -386,7 +386,9 @@ def run_child(task: str, job: Job, threads: int) -> Iterator[dict]:
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     spec = json.dumps({**asdict(job), "task": task, "spawned_at": time.time()})
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_embedgemma.benchmarks.harness", "--child", spec],
+    # By path, not `-m`: from a checkout, `-m` would find the source folder `mlx_embedgemma/`, which
+    # has no `benchmarks` inside, before the installed package.
+    proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
