@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -47,14 +48,15 @@ def _cpu_model() -> str | None:
 
 @lru_cache(maxsize=None)
 def git_commit() -> str | None:
-    """The checkout's commit (with "-dirty" if it has local changes), or None outside a git checkout."""
+    """The checkout's commit (with "-dirty" if it has local changes); outside one, $MLX_EMBEDGEMMA_COMMIT or None."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        # A copy without .git (a remote machine's): whoever copied it may say which commit it is.
+        return os.environ.get("MLX_EMBEDGEMMA_COMMIT")
     return commit[:12] + ("-dirty" if dirty else "")
 
 
@@ -99,6 +101,8 @@ def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None,
         "threads": threads,
         "blas_threads": blas_threads() if device.type == mx.cpu else None,
         "model_hash": model_hash(model_path) if model_path else None,
+        # Folders from random_model.py: their speed and memory are the real model's, their outputs are not.
+        "random_weights": bool(model_path and json.loads((Path(model_path) / "config.json").read_text()).get("random_weights")),
         "storage": storage,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -37,7 +37,8 @@ def machine(r: dict) -> str:
 
 
 def who(r: dict) -> str:
-    return f"{r['runner']} {r['variant']}".strip()
+    random = " (random weights)" if r["fingerprint"].get("random_weights") else ""
+    return f"{r['runner']} {r['variant']}".strip() + random
 
 
 def _key(r: dict) -> tuple:

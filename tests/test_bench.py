@@ -13,7 +13,7 @@ from mlx_embedgemma.cli import main
 
 FINGERPRINT_KEYS = {
     "schema", "package", "git_commit", "mlx", "backend", "device_name", "os", "machine", "python", "cores",
-    "blas", "threads", "blas_threads", "model_hash", "storage", "date",
+    "blas", "threads", "blas_threads", "model_hash", "random_weights", "storage", "date",
 }
 REFERENCE_TEXTS = [("query", "which planet is red?"), ("document", "mars is the red planet"), ("STS", "hello world")]
 
@@ -60,7 +60,7 @@ def test_every_record_carries_the_fingerprint(bench_records, tiny_f32):
         f = r["fingerprint"]
         assert set(f) == FINGERPRINT_KEYS
         assert f["backend"] == "cpu" and f["threads"] == 1 and f["cores"] >= 1 and f["device_name"]
-        assert f["model_hash"] == model_hash(tiny_f32)
+        assert f["model_hash"] == model_hash(tiny_f32) and f["random_weights"] is False
 
 
 def test_latency_and_throughput_records_are_complete_and_consistent(bench_records):
