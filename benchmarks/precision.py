@@ -28,7 +28,7 @@ from pathlib import Path
 
 import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
 import numpy as np
-import quality  # beside this file
+from mlx_embedgemma.benchmarks import quality
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"

@@ -10,7 +10,6 @@ One JSON record per model, task and size. Compare models pairwise on the same it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import time
@@ -79,13 +78,10 @@ def retrieval(model, data: Path, limit: int | None) -> dict[int, float]:
 
 def model_identity(model) -> dict:
     """What a result belongs to: the weights file's hash, and how the folder stores them."""
+    from mlx_embedgemma.benchmarks.fingerprint import model_hash
     from mlx_embedgemma.precision import describe
 
-    digest = hashlib.sha256()
-    with (model.path / "model.safetensors").open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return {"weights_sha256": digest.hexdigest()[:16], "storage": describe(model.config)}
+    return {"weights_sha256": model_hash(model.path), "storage": describe(model.config)}
 
 
 def main() -> None:

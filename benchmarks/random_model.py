@@ -15,11 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-import mlx_embedgemma  # noqa: F401  (first: picks the BLAS before mlx.core is imported)
+from mlx_embedgemma import precision  # first: the package picks the BLAS before mlx.core is imported
+
 import mlx.core as mx
 from mlx.utils import tree_flatten
-
-from mlx_embedgemma import precision
 from mlx_embedgemma.model import EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE
 

@@ -25,7 +25,7 @@ import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
 import numpy as np
 from mlx_embedgemma.embedder import TruncationWarning
 from mlx_embedgemma.precision import describe
-from memory import WORDS, emit, peak_rss_mb, rss_mb  # beside this file
+from mlx_embedgemma.benchmarks.memory import WORDS, emit, peak_rss_mb, rss_mb
 
 MAX_TOKENS = 2048
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+from mlx_embedgemma.benchmarks import precision, quality, stream
 
-import quality  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_ranks_share_ties_like_scipy():
@@ -45,8 +44,6 @@ def test_memory_benchmark_records_one_fresh_process_per_scenario(tiny_f32, tmp_p
 
 
 def test_bits_per_weight_count_scales_and_biases(tiny_f32, tiny_q4):
-    import precision
-
     from mlx_embedgemma import load
 
     assert precision.block_bits_per_weight(load(tiny_f32)) == pytest.approx(32)
@@ -55,8 +52,6 @@ def test_bits_per_weight_count_scales_and_biases(tiny_f32, tiny_q4):
 
 
 def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path):
-    import precision
-
     results = tmp_path / "precision.jsonl"
     records = [
         {"weights_sha256": "aa", "storage": "float32", "measurement": "sts", "scores": {"768": 88.0, "512": 88.0, "256": 88.0, "128": 87.0}},
@@ -73,8 +68,6 @@ def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path
 
 
 def test_stream_lengths_mix_short_texts_with_a_long_tail():
-    import stream
-
     lengths = stream.target_lengths(3000, 32, seed=0)
     assert lengths.min() >= 1 and lengths.max() == stream.MAX_TOKENS
     assert list(lengths[999::1000]) == [stream.MAX_TOKENS] * 3
