@@ -37,7 +37,8 @@ def machine(r: dict) -> str:
 
 
 def who(r: dict) -> str:
-    random = " (random weights)" if r["fingerprint"].get("random_weights") else ""
+    # Downstream costs do not depend on the model's weights.
+    random = " (random weights)" if r["fingerprint"].get("random_weights") and r["kind"] != "downstream" else ""
     return f"{r['runner']} {r['variant']}".strip() + random
 
 
