@@ -1,10 +1,10 @@
 """Does RSS stay flat over a long stream of texts of mixed lengths? (issue 3)
 
-    .venv/bin/python benchmarks/stream.py MODEL [--count 20000] [--median-tokens 32] [--chunk 100]
+    .venv/bin/python benchmarks/stream.py MODEL [--count 20000] [--median-tokens 32] [--sigma 1.2] [--chunk 100]
                                           [--output benchmarks/results/stream.jsonl]
 
 Embeds ``--count`` documents, ``--chunk`` per ``encode`` call, and samples the process's RSS after
-every call. Lengths follow a log-normal law (median ``--median-tokens``, sigma 1.2, clipped to 1 and
+every call. Lengths follow a log-normal law (median ``--median-tokens``, ``--sigma``, clipped to 1 and
 2,048 tokens) and every 1,000th text is 2,048 tokens long, so the stream mixes many short texts with
 a long tail; the words vary so that new embedding rows keep arriving. One JSON record: the length
 distribution that ran, RSS after the first 5% of texts and at the end, their difference, the highest
@@ -30,9 +30,9 @@ from mlx_embedgemma.benchmarks.memory import WORDS, emit, peak_rss_mb, rss_mb
 MAX_TOKENS = 2048
 
 
-def target_lengths(count: int, median: int, seed: int) -> np.ndarray:
+def target_lengths(count: int, median: int, seed: int, sigma: float = 1.2) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    lengths = np.clip(np.round(rng.lognormal(np.log(median), 1.2, count)), 1, MAX_TOKENS).astype(int)
+    lengths = np.clip(np.round(rng.lognormal(np.log(median), sigma, count)), 1, MAX_TOKENS).astype(int)
     lengths[999::1000] = MAX_TOKENS
     return lengths
 
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--median-tokens", type=int, default=32)
+    parser.add_argument("--sigma", type=float, default=1.2, help="spread of the log-normal lengths")
     parser.add_argument("--chunk", type=int, default=100, help="texts per encode call (RSS is sampled after each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
@@ -67,7 +68,7 @@ def main() -> None:
     model = mlx_embedgemma.load(args.model)
     rng = np.random.default_rng(args.seed + 1)
     word_tokens: dict[str, int] = {}
-    lengths = target_lengths(args.count, args.median_tokens, args.seed)
+    lengths = target_lengths(args.count, args.median_tokens, args.seed, args.sigma)
     warmup = max(args.chunk, args.count // 20)
     series: list[tuple[int, float]] = []
     tokens_seen: list[int] = []
@@ -87,6 +88,7 @@ def main() -> None:
         "storage": describe(model.config),
         "streams_weights": model.streams_weights,
         "texts": args.count,
+        "length_law": {"median_tokens": args.median_tokens, "sigma": args.sigma, "every_1000th": MAX_TOKENS},
         "tokens": int(seen.sum()),
         "tokens_per_text": {
             "min": int(seen.min()), "median": int(np.median(seen)), "p99": int(np.percentile(seen, 99)),
