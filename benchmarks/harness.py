@@ -28,11 +28,9 @@ import numpy as np
 from mlx_embedgemma.benchmarks import fingerprint, quality
 from mlx_embedgemma.benchmarks.memory import make_texts, peak_rss_mb
 
-DIMS = (768, 512, 256, 128)
 QUERY = "Which planet is known as the Red Planet?"  # 18 tokens with the query prompt, <bos> and <eos>
 DOC_TOKENS = (128, 512)
 BATCHES = (1, 8, 32)
-RUNNERS = ("mlx-embedgemma", "sentence-transformers", "llama.cpp")
 
 
 @dataclass
