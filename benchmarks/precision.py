@@ -22,13 +22,12 @@ import json
 import platform
 import subprocess
 import sys
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
-import numpy as np
 from mlx_embedgemma.benchmarks import quality
+from mlx_embedgemma.benchmarks.harness import accuracy
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
@@ -57,16 +56,8 @@ def measure_size(model) -> dict:
 
 
 def measure_cosine(model) -> dict:
-    rows = [json.loads(line) for line in (SHARED / "reference" / "public.jsonl").read_text(encoding="utf-8").splitlines()]
-    reference = np.load(SHARED / "reference" / "public.npy")
-    ours = np.zeros_like(reference)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the 2,048-token row is truncated, as in the reference
-        for name in sorted({r["prompt_name"] for r in rows}):
-            index = [i for i, r in enumerate(rows) if r["prompt_name"] == name]
-            ours[index] = model.encode([rows[i]["text"] for i in index], prompt_name=name)
-    cosine = np.sum(ours * reference, axis=1)
-    return {"rows": len(rows), "mean_cosine": round(float(cosine.mean()), 5), "min_cosine": round(float(cosine.min()), 5)}
+    record = accuracy(lambda texts, name: model.encode(texts, prompt_name=name), SHARED / "reference", max(model.dims))
+    return {k: record[k] for k in ("rows", "mean_cosine", "min_cosine")}
 
 
 def measure_memory(model, scale: float) -> dict:
