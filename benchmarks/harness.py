@@ -289,7 +289,7 @@ class Table:
         filled = round(12 * min(self.done, self.total) / max(self.total, 1))
         bar = f"[{'#' * filled}{'.' * (12 - filled)}]"
         print(f"{bar} {record.get('device', ''):6} {record.get('runner', '') + ' ' + record.get('variant', ''):24.24} "
-              f"{record.get('dim', ''):>4}  {describe(record)}", file=self.stream, flush=True)
+              f"{record.get('dim') or '':>4}  {describe(record)}", file=self.stream, flush=True)
 
 
 def describe(r: dict) -> str:
