@@ -198,6 +198,9 @@ def _quantization(declared: Any, headers: dict[str, dict], widths: dict[str, int
     module's ``in``) rather than trusted from the config: converters differ on whether they quantize
     the embedding table and the Dense head.
     """
+    declared = declared if isinstance(declared, dict) else {}
+    if declared.get("mode", "affine") != "affine":
+        raise LayoutError(f"quantization mode {declared['mode']!r} is not supported (only affine); {CONVERT_HINT}")
     specs = {}
     for module, width in widths.items():
         weight, scales = headers.get(f"{module}.weight"), headers.get(f"{module}.scales")
@@ -209,7 +212,6 @@ def _quantization(declared: Any, headers: dict[str, dict], widths: dict[str, int
         specs[module] = {"group_size": width // groups, "bits": packed * 32 // width}
     if not specs:
         return None
-    declared = declared if isinstance(declared, dict) else {}
     default = {"group_size": declared.get("group_size"), "bits": declared.get("bits")}
     if default not in specs.values():
         default = next(iter(specs.values()))

@@ -73,10 +73,18 @@ class JsonTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        # Without added tokens: EmbeddingGemma's tokenizer.json adds <image_soft_token> at 262144, one
+        # past the embedding table (SentencePiece never produces it; see encode).
+        return self._tok.get_vocab_size(with_added_tokens=False)
 
     def encode(self, texts: list[str]) -> Encoded:
         pieces = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        beyond = [i for p in pieces for i in p if i >= self.vocab_size]
+        if beyond:
+            raise ValueError(
+                f"the texts contain {self._tok.id_to_token(beyond[0])!r}, a token tokenizer.json adds that has no "
+                "embedding in this model; remove it from the text"
+            )
         return _with_special_tokens(pieces, self.bos_id, self.eos_id, self.max_length - 2)
 
 

@@ -53,7 +53,8 @@ def write_tokenizer_json(sp_model: Path, path: Path) -> None:
     """The tiny SentencePiece unigram model as a Hugging Face tokenizer.json (the tiny source's is a stub).
 
     Built from the pieces and scores, with normalizers that do what SentencePiece's default training
-    options (nmt_nfkc, remove extra whitespace, dummy prefix) do to the texts used here.
+    options (nmt_nfkc, remove extra whitespace, dummy prefix) do to the texts used here. Like the real
+    model's, it adds a special token one past the embedding table.
     """
     import sentencepiece as spm
     from tokenizers import Regex, Tokenizer, models, normalizers
@@ -65,6 +66,7 @@ def write_tokenizer_json(sp_model: Path, path: Path) -> None:
         normalizers.NFKC(), normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " "),
         normalizers.Prepend("▁"), normalizers.Replace(" ", "▁"),
     ])
+    tok.add_special_tokens(["<image_soft_token>"])
     tok.save(str(path))
 
 
@@ -111,6 +113,8 @@ def test_folder_with_only_tokenizer_json(tiny_source, tiny_f32, tmp_path, expect
     model = load(folder)
     assert type(model.tokenizer).__name__ == "JsonTokenizer"
     np.testing.assert_array_equal(model.encode_query(TEXTS), expected["f32"])
+    with pytest.raises(ValueError, match="<image_soft_token>.*no embedding"):
+        model.encode("a picture: <image_soft_token>")
 
 
 def test_tokenizer_json_without_the_library_says_what_to_install(tiny_source, tiny_f32, tmp_path):
