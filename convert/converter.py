@@ -36,7 +36,6 @@ PROBES = [
     ("document", " ".join(["The quick brown fox jumps over the lazy dog."] * 30)),  # ~300 tokens: past the window
 ]
 
-
 # Ours (config.json with every decision spelled out), or the one other MLX tools read.
 LAYOUTS = (FORMAT_NAME, community_layout.LAYOUT)
 

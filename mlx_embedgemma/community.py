@@ -185,7 +185,7 @@ def _prompts(folder: Path) -> tuple[dict[str, str], str | None]:
         f"{folder} has no task prompts ({PROMPTS_FILE}); using google/embeddinggemma-300m's "
         f"({', '.join(DEFAULT_PROMPTS)})",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,  # the caller of load()
     )
     return dict(DEFAULT_PROMPTS), None
 
