@@ -5,7 +5,7 @@ MLX's CPU or GPU, sentence-transformers, llama.cpp), streams their records into 
 JSONL file, and adds the fingerprint of what they ran on. Memory and cold start are measured in a
 fresh child per scenario, so nothing an earlier measurement allocated counts against them.
 
-Every record has ``kind`` (latency, throughput, memory, accuracy, downstream, quality), ``runner``,
+Every record has ``kind`` (latency, throughput, memory, accuracy, downstream, quality, import), ``runner``,
 ``device``, ``dim`` and ``fingerprint``; the rest depends on the kind (see ``tests/test_bench.py``).
 """
 
@@ -203,6 +203,41 @@ def child_main(spec: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- parent
 
+# Run in a fresh interpreter: what `import mlx_embedgemma` alone costs an app that starts cold.
+IMPORT_PROBE = """
+import sys, time
+start = time.perf_counter()
+import mlx_embedgemma
+seconds = time.perf_counter() - start
+modules = len(sys.modules)
+import json, resource
+try:
+    rss = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+except (OSError, StopIteration):
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+print(json.dumps({"seconds": seconds, "rss_mb": rss, "modules": modules}))
+"""
+
+
+def measure_import(runs: int = 3) -> dict:
+    """Time and resident memory of `import mlx_embedgemma` in fresh interpreters (best of ``runs``),
+    beside a bare interpreter's memory. Run outside any checkout so the installed package is measured."""
+    def probe(code: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=tempfile.gettempdir())
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    samples = [probe(IMPORT_PROBE) for _ in range(runs)]
+    bare = probe(IMPORT_PROBE.replace("import mlx_embedgemma\n", ""))
+    return {
+        "kind": "import", "runs": runs,
+        "import_ms": round(min(s["seconds"] for s in samples) * 1000, 1),
+        "rss_mb": round(min(s["rss_mb"] for s in samples), 1),
+        "python_rss_mb": round(bare["rss_mb"], 1),
+        "modules": samples[0]["modules"] - bare["modules"],
+    }
+
+
 
 def downstream(dim: int, s: Settings, seed: int = 0) -> dict:
     """What the dimension costs after embedding: storage per vector and exact top-10 search time."""
@@ -263,7 +298,7 @@ class Table:
         filled = round(12 * min(self.done, self.total) / max(self.total, 1))
         bar = f"[{'#' * filled}{'.' * (12 - filled)}]"
         print(f"{bar} {record.get('device', ''):6} {record.get('runner', '') + ' ' + record.get('variant', ''):24.24} "
-              f"{record.get('dim', ''):>4}  {describe(record)}", file=self.stream, flush=True)
+              f"{record.get('dim') or '':>4}  {describe(record)}", file=self.stream, flush=True)
 
 
 def describe(r: dict) -> str:
@@ -281,6 +316,9 @@ def describe(r: dict) -> str:
         return f"{r['bytes_per_vector']['float32']} B/vector (f32), top-10 of {r['search_vectors']:,}: {r['search_p50_ms']:.2f} ms"
     if kind == "quality":
         return f"{r['task']} {r['metric']} {r['score']:.2f}{' (cached)' if r['cached'] else ''}"
+    if kind == "import":
+        return (f"import mlx_embedgemma: {r['import_ms']:.0f} ms, RSS {r['rss_mb']:.0f} MB "
+                f"(bare Python {r['python_rss_mb']:.0f} MB), {r['modules']} modules")
     if kind == "process":
         return f"peak RSS of the whole run {r['peak_rss_mb']:.0f} MB"
     return kind
@@ -328,7 +366,7 @@ class Run:
     def expected_records(self, jobs: list[tuple[str, Job]]) -> int:
         per_speed_job = lambda j: 2 + len(j.dims) * (1 + len(DOC_TOKENS) * len(BATCHES)) + bool(j.reference_dir)
         n = sum(per_speed_job(j) if task == "speed" else 1 for task, j in jobs)
-        return n + len(self.dims) + (2 * len(self.dims) if self.quality and self.data_dir else 0)
+        return n + 1 + len(self.dims) + (2 * len(self.dims) if self.quality and self.data_dir else 0)
 
     def execute(self) -> list[dict]:
         records: list[dict] = []
@@ -362,6 +400,7 @@ class Run:
                         continue
                     record["runner_version"] = job.extra.get("runner_version")
                     emit(record, job, job.device)
+            emit({"runner": "mlx-embedgemma", "variant": "", "device": "cpu", "dim": None, **measure_import()}, None, "cpu")
             for dim in self.dims:
                 emit({"kind": "downstream", "runner": "numpy", "variant": "", "device": "cpu", **downstream(dim, self.settings)},
                      None, "cpu")

@@ -125,6 +125,12 @@ def render(records: list[dict]) -> str:
         parts += ["## Memory and cold start", "", "Peak RSS of the whole process / MLX peak, and cold start (process start "
                   "to first embedding); a fresh process per cell.", "", _table(["machine", "device", "runner", "scenario"] + dims, rows), ""]
 
+    imports = _by(records, "import")
+    if imports:
+        rows = [[machine(r), f"{r['import_ms']:.0f} ms", f"{r['rss_mb']:.0f} MB", f"{r['python_rss_mb']:.0f} MB", str(r["modules"])]
+                for r in sorted(imports, key=machine)]
+        parts += ["## Import", "", "`import mlx_embedgemma` in a fresh interpreter (best of a few): what an app pays "
+                  "before loading a model.", "", _table(["machine", "import", "RSS after", "bare Python RSS", "modules added"], rows), ""]
     parts += downstream_section(records)
     dims, rows = _grid(records, "quality", lambda r: (who(r), r["task"], r["metric"]), lambda r: f"{r['score']:.2f}")
     if rows:

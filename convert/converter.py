@@ -14,18 +14,18 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_embedgemma import community as community_layout
 from mlx_embedgemma import precision
 from mlx_embedgemma.embedder import EmbeddingGemma, TruncationWarning
 from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load, weight_problems
 from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
 
-from . import gptq, recipes
+from . import community, gptq, recipes
 from .calibration import calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
-MATRYOSHKA_DIMS = [768, 512, 256, 128]
 # Texts the converter embeds with the source and with the result, to show what quantization cost.
 PROBES = [
     ("query", "Which planet is known as the Red Planet?"),
@@ -35,13 +35,9 @@ PROBES = [
     ("STS", "A man is playing a guitar on stage."),
     ("document", " ".join(["The quick brown fox jumps over the lazy dog."] * 30)),  # ~300 tokens: past the window
 ]
-# Keys of the Hugging Face text config that the network reads (see ModelArgs) or that identify tokens.
-TEXT_CONFIG_KEYS = [
-    "model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "vocab_size", "layer_types", "sliding_window", "max_position_embeddings",
-    "query_pre_attn_scalar", "rms_norm_eps", "rope_theta", "rope_local_base_freq", "hidden_activation",
-    "use_bidirectional_attention", "bos_token_id", "eos_token_id", "pad_token_id",
-]
+
+# Ours (config.json with every decision spelled out), or the one other MLX tools read.
+LAYOUTS = (FORMAT_NAME, community_layout.LAYOUT)
 
 
 @dataclass
@@ -62,16 +58,20 @@ def convert(
     quantize: bool = True,
     dtype: str = "float32",
     force: bool = False,
+    layout: str = FORMAT_NAME,
     log: Callable[[str], None] = lambda _: None,
 ) -> ConversionReport:
     """Convert ``source`` (folder or hub id) into ``output``.
 
     By default with the ``DEFAULT_RECIPE`` (mostly 4-bit); ``recipe`` names another; ``bits`` and/or
     ``group_size`` ask for every matrix at one width instead; ``quantize=False`` keeps ``dtype`` weights.
+    ``layout`` "mlx-community" writes the mlx-embeddings / mlx-community layout instead of ours.
     """
     out = Path(output).expanduser()
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16 (float16 overflows in this model), got {dtype!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     plan = _choose_recipe(recipe, bits, group_size) if quantize else None
     check_target(out, force)
 
@@ -110,16 +110,20 @@ def convert(
     storage = precision.describe(config)
     log(f"writing {out} ({storage})")
     with atomic_folder(out, force) as tmp:
-        mx.save_safetensors(str(tmp / WEIGHTS_FILE), dict(tree_flatten(network.parameters())), metadata={"format": "mlx"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
+        tensors = dict(tree_flatten(network.parameters()))
+        if layout == community_layout.LAYOUT:
+            community.write(tmp, ckpt, config, tensors)
+        else:
+            mx.save_safetensors(str(tmp / WEIGHTS_FILE), tensors, metadata={"format": "mlx"})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
         (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")
-        del network, ckpt
+        del network, ckpt, tensors
         converted = _probe(load(tmp))
         cosines = [float(c) for c in np.sum(reference * converted, axis=1)]
         if not np.all(np.isfinite(cosines)):
             raise RuntimeError("the converted model gives non-finite embeddings; nothing was written")
-        size = sum(f.stat().st_size for f in tmp.iterdir())
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
     log(f"probe cosine to the float32 source: mean {np.mean(cosines):.5f}, min {np.min(cosines):.5f} over {len(cosines)} texts")
     return ConversionReport(out, storage, size, cosines)
 
@@ -135,16 +139,16 @@ def _choose_recipe(name: str | None, bits: int | None, group_size: int | None) -
 
 
 def build_config(ckpt: Checkpoint, source: str, dtype: str) -> dict[str, Any]:
-    missing = [k for k in TEXT_CONFIG_KEYS if k not in ckpt.text_config]
+    missing = [k for k in community_layout.TEXT_CONFIG_KEYS if k not in ckpt.text_config]
     if missing:
         raise SourceError(f"{ckpt.folder / 'config.json'} lacks {missing}; download the checkpoint again")
     config: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-    config.update({k: ckpt.text_config[k] for k in TEXT_CONFIG_KEYS})
+    config.update({k: ckpt.text_config[k] for k in community_layout.TEXT_CONFIG_KEYS})
     config["embedding_head"] = {"pooling": "mean", "include_prompt": True, "dense": ckpt.dense, "normalize": True}
     config["max_seq_length"] = min(ckpt.max_seq_length, ckpt.text_config["max_position_embeddings"])
     # The full size is always valid; smaller ones only where EmbeddingGemma was trained for them.
     full = ckpt.dense[-1]["out_features"]
-    config["matryoshka_dims"] = [full] + [d for d in MATRYOSHKA_DIMS if d < full]
+    config["matryoshka_dims"] = [full] + [d for d in community_layout.MATRYOSHKA_DIMS if d < full]
     config["prompts"] = ckpt.prompts
     config["default_prompt_name"] = ckpt.default_prompt_name
     config["dtype"] = dtype  # of the weights that are not quantized

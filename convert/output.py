@@ -39,7 +39,7 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():
+        for f in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
             _fsync(f)
         _fsync(tmp)
         if out.exists():

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlx_embedgemma import community
 from mlx_embedgemma.mapped import read_header
 
 from . import mapping
@@ -173,10 +174,7 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     base = folder / transformer.get("path", "")
     text_config = read_json(base / "config.json", "the transformer config")
     check_text_config(base / "config.json", text_config)
-    if "rope_parameters" in text_config and "rope_theta" not in text_config:  # transformers 5 layout
-        params = text_config["rope_parameters"]
-        text_config["rope_theta"] = params["full_attention"]["rope_theta"]
-        text_config["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+    text_config = community.with_rope_fields(text_config)
 
     pool_path = folder / pooling.get("path", "1_Pooling") / "config.json"
     pool = read_json(pool_path, "the pooling config")
@@ -228,10 +226,7 @@ def read_checkpoint(folder: Path) -> Checkpoint:
 
 
 def _max_seq_length(base: Path) -> int:
-    """sentence-transformers' limit: sentence_bert_config.json (v5), else the tokenizer's (v6); 0 if neither."""
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        path = base / name
-        value = read_json(path, key).get(key) if path.is_file() else None
-        if isinstance(value, int) and 0 < value < 1 << 20:
-            return value
-    return 0
+    try:
+        return community.max_seq_length(base)
+    except community.LayoutError as e:
+        raise SourceError(f"{e}; download the checkpoint again") from None

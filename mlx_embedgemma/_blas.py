@@ -6,6 +6,8 @@ loading OpenBLAS with RTLD_GLOBAL *before the first `import mlx.core`* makes MLX
 must therefore be imported before anything imports `mlx.core`; `mlx_embedgemma/__init__.py` does so.
 
 Set MLX_EMBEDGEMMA_BLAS=none to keep MLX's own BLAS, or to a library path to load that one instead.
+In a PyInstaller bundle, the OpenBLAS that the package's hook collected is tried first; without one the
+system's is used, and without that MLX's own (slow, but correct).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def preload() -> str:
         found = ctypes.util.find_library("openblas")
         if found and not choice:
             names.insert(0, found)
+        bundle = getattr(sys, "_MEIPASS", None)  # set by PyInstaller's bootloader
+        if bundle and not choice:
+            names[:0] = [os.path.join(bundle, name) for name in ([found] if found else []) + list(_CANDIDATES)]
         for name in names:
             try:
                 ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)

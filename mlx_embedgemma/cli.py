@@ -32,8 +32,11 @@ def main() -> None:
 @click.option("--no-quantize", is_flag=True, help="Keep full-precision weights (see --dtype).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Weight dtype with --no-quantize.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
+@click.option("--layout", type=click.Choice(["mlx-embedgemma", "mlx-community"]), default="mlx-embedgemma", show_default=True,
+              help="mlx-community: the mlx-embeddings layout (Hugging Face config.json, dense.0/dense.1 in "
+                   "model.safetensors) that other MLX tools load; this package loads both.")
 def convert(source: str, output: Path, recipe: str | None, bits: str | None, group_size: str | None,
-            no_quantize: bool, dtype: str | None, force: bool) -> None:
+            no_quantize: bool, dtype: str | None, force: bool, layout: str) -> None:
     """Convert a Hugging Face EmbeddingGemma checkpoint (folder or hub id) into an MLX model folder.
 
     The default recipe, q4-mixed, keeps most weights at 4 bits (GPTQ-rounded on calibration text that
@@ -55,7 +58,7 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
         report = run(
             source, output, recipe=recipe, bits=bits and int(bits), group_size=group_size and int(group_size),
             quantize=not no_quantize,
-            dtype=dtype or "float32", force=force, log=lambda m: click.echo(m, err=True),
+            dtype=dtype or "float32", force=force, layout=layout, log=lambda m: click.echo(m, err=True),
         )
     except (SourceError, OutputExistsError, PermissionError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -88,7 +91,7 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
         m.prompt_prefix(prompt_name, None)  # fail on an unknown prompt or size before any work
         if dim is not None:
             m.check_dim(dim)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ImportError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
     as_npy = output is not None and output.suffix == ".npy"
@@ -280,7 +283,7 @@ def info(model: Path | None) -> None:
 
         try:
             m = load(model)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ImportError, ValueError) as e:
             raise click.ClickException(str(e)) from None
         size = sum(f.stat().st_size for f in Path(model).expanduser().iterdir() if f.is_file())
         rows += [

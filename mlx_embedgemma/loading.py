@@ -1,4 +1,8 @@
-"""Open a converted model folder: config.json, model.safetensors, tokenizer.model. Local files only."""
+"""Open a model folder: config.json, model.safetensors, tokenizer.model. Local files only, read only.
+
+Two layouts load: ours (config.json says "format": "mlx-embedgemma"), and the mlx-embeddings /
+mlx-community layout (a Hugging Face config.json; see community.py), whose tensor names are ours.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,16 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import _blas, precision
+from . import _blas, community, precision
 from .embedder import EmbeddingGemma
 from .mapped import MappedEmbedding, MappedLinear, SafetensorsMap
 from .model import ConfigError, EmbeddingGemmaModel, ModelArgs
-from .tokenizer import TOKENIZER_FILE, Tokenizer
+from .tokenizer import open_tokenizer
 
 FORMAT_NAME = "mlx-embedgemma"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = community.WEIGHTS_FILE
 EMBEDDING = "model.embed_tokens"
 
 
@@ -41,9 +45,17 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{path} is not valid JSON ({e}); re-convert the model") from None
     if not isinstance(config, dict):
         raise ModelFolderError(f"{path} must hold a JSON object; re-convert the model")
+    if community.is_community_config(config):
+        try:
+            return community.runtime_config(folder, config)
+        except community.LayoutError as e:
+            raise ModelFolderError(str(e)) from None
     version = config.get("format_version")
     if config.get("format") != FORMAT_NAME or not isinstance(version, int):
-        raise ModelFolderError(f"{path} was not written by `mlx-embedgemma convert`; convert the source checkpoint with it")
+        raise ModelFolderError(
+            f"{path} was not written by `mlx-embedgemma convert`, nor is it an EmbeddingGemma folder in the "
+            "mlx-community layout (model_type gemma3_text); convert the source checkpoint with `mlx-embedgemma convert`"
+        )
     if version > FORMAT_VERSION:
         raise ModelFolderError(
             f"{path} has format_version {version}, newer than this mlx-embedgemma understands ({FORMAT_VERSION}): "
@@ -63,26 +75,49 @@ def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = Fal
             precision.quantize(network, config["quantization"])
         except ValueError as e:
             raise ModelFolderError(f"{folder / CONFIG_FILE}: {e}; re-convert the model") from None
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"{path} is missing; re-convert the model with `mlx-embedgemma convert`")
     try:
-        weights = mx.load(str(path))
-    except (RuntimeError, ValueError, OSError) as e:
-        raise ModelFolderError(f"{path} cannot be read ({e}): the file is corrupt or truncated; re-convert the model") from None
+        files = community.weight_files(folder)
+    except community.LayoutError as e:
+        raise ModelFolderError(f"{e}; re-convert the model with `mlx-embedgemma convert`") from None
+    weights: dict[str, mx.array] = {}
+    home: dict[str, Path] = {}  # tensor name -> the file holding it (several for sharded folders)
+    for path in files:
+        if not path.is_file():
+            raise ModelFolderError(f"{path} is missing; re-convert the model with `mlx-embedgemma convert`")
+        try:
+            part = mx.load(str(path))
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ModelFolderError(f"{path} cannot be read ({e}): the file is corrupt or truncated; re-convert the model") from None
+        weights.update(part)
+        home.update(dict.fromkeys(part, path))
     problems = weight_problems(network, weights)
     if problems:
+        where = files[0] if len(files) == 1 else f"{folder}'s weight files"
         raise ModelFolderError(
-            f"{path} does not match {CONFIG_FILE} (architecture or quantization): {'; '.join(problems)}. "
+            f"{where} does not match {CONFIG_FILE} (architecture or quantization): {'; '.join(problems)}. "
             "Re-convert the model with `mlx-embedgemma convert`"
         )
     # The embedding table always stays on disk, the blocks' matrices too when streaming (see mapped.py).
-    file = SafetensorsMap(path)
-    mapped = {EMBEDDING: MappedEmbedding(file, EMBEDDING, like=network.model.embed_tokens)}
+    maps: dict[Path, SafetensorsMap] = {}
+
+    def file_of(prefix: str, module: nn.Module) -> SafetensorsMap | None:
+        """The one file holding all of a module's tensors; None if a shard boundary splits them."""
+        paths = {home[f"{prefix}.{k}"] for k, _ in tree_flatten(module.parameters())}
+        if len(paths) != 1:
+            return None
+        (path,) = paths
+        if path not in maps:
+            maps[path] = SafetensorsMap(path)
+        return maps[path]
+
+    mapped: dict[str, nn.Module] = {}
+    if (file := file_of(EMBEDDING, network.model.embed_tokens)) is not None:
+        mapped[EMBEDDING] = MappedEmbedding(file, EMBEDDING, like=network.model.embed_tokens)
     if stream_layers:
         for name, module in network.named_modules():
             if name.startswith("model.layers.") and isinstance(module, (nn.Linear, nn.QuantizedLinear)):
-                mapped[name] = MappedLinear(file, name, like=module)
+                if (file := file_of(name, module)) is not None:
+                    mapped[name] = MappedLinear(file, name, like=module)
         network.model.eval_each_layer = True
     network.update_modules(tree_unflatten(list(mapped.items())))
     network.load_weights([(k, v) for k, v in weights.items() if k.rsplit(".", 1)[0] not in mapped], strict=True)
@@ -117,7 +152,10 @@ def load(
     compute_dtype: str = "float32",
     stream_weights: bool | None = None,
 ) -> EmbeddingGemma:
-    """Load a folder made by ``mlx-embedgemma convert``. Reads only that folder; never the network.
+    """Load a folder made by ``mlx-embedgemma convert``, or an EmbeddingGemma folder in the mlx-community
+    layout. ``path`` may be a str or os.PathLike, relative or starting with ``~``. Reads only that folder
+    and writes nothing anywhere; never touches the network or a hub cache, so it works from a read-only
+    app bundle.
 
     ``truncate_dim`` sets the default Matryoshka size of ``encode``; ``compute_dtype`` is the activation
     dtype ("float32", or "bfloat16" where the backend is fast at it; float16 overflows in this model).
@@ -127,7 +165,7 @@ def load(
     speed there; on a GPU, or for float models (377 MB copied per call, 2x slower queries), weights
     stay resident.
     """
-    folder = Path(path).expanduser()
+    folder = Path(path).expanduser()  # str, pathlib.Path or any os.PathLike; relative to the working directory
     if not folder.is_dir():
         raise FileNotFoundError(
             f"model folder {folder} does not exist. Convert a checkpoint first: "
@@ -142,10 +180,10 @@ def load(
     if mx.default_device() == mx.cpu and (message := _blas.import_order_warning()):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     max_length = min(int(config.get("max_seq_length", network.args.max_position_embeddings)), network.args.max_position_embeddings)
-    tokenizer = Tokenizer(folder / TOKENIZER_FILE, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
+    tokenizer = open_tokenizer(folder, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
     if tokenizer.vocab_size > network.args.vocab_size:
         raise ModelFolderError(
-            f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only {network.args.vocab_size}: "
+            f"{folder}'s tokenizer has {tokenizer.vocab_size} tokens but the model only {network.args.vocab_size}: "
             "the tokenizer belongs to another model; re-convert the model"
         )
     return EmbeddingGemma(network, tokenizer, config, folder, precision.DTYPES[compute_dtype], truncate_dim)

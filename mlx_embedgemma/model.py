@@ -1,8 +1,8 @@
 """The EmbeddingGemma network: a bidirectional Gemma 3 encoder, mean pooling, Dense head, L2 norm.
 
 This is the only definition of the network. Parameter paths here (``model.layers.3.mlp.up_proj``,
-``dense.0``) are the names in a converted folder's ``model.safetensors``; the converter's table in
-``convert/mapping.py`` maps the Hugging Face names onto them.
+``dense.0``) are the names in a converted folder's ``model.safetensors``, ours and mlx-embeddings'
+alike (community.py); the converter's table in ``convert/mapping.py`` maps the Hugging Face names onto them.
 """
 
 from __future__ import annotations

@@ -108,12 +108,20 @@ def test_downstream_costs_follow_the_dimension(bench_records):
     assert r["search_vectors"] == 100_000 and 0 < r["search_p50_ms"] <= r["search_p95_ms"]
 
 
+def test_import_cost_is_recorded(bench_records):
+    _, records = bench_records
+    (r,) = [r for r in records if r["kind"] == "import"]
+    assert r["runner"] == "mlx-embedgemma" and r["runs"] >= 1 and r["modules"] > 0
+    assert r["import_ms"] > 0 and r["rss_mb"] >= r["python_rss_mb"] > 0
+
+
 def test_report_renders_tables_and_plots(bench_records, tmp_path):
     path, _ = bench_records
     result = CliRunner().invoke(main, ["bench", "report", str(path), "--output", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "report" / "README.md").read_text()
-    for section in ("Single-query latency", "Throughput", "Against the other ways", "Memory and cold start", "downstream"):
+    for section in ("Single-query latency", "Throughput", "Against the other ways", "Memory and cold start", "downstream",
+                    "## Import"):
         assert section in text
     assert "1.00×" in text  # sentence-transformers against itself
     for plot in ("latency.png", "throughput.png", "memory.png"):

@@ -13,7 +13,10 @@ import textwrap
 from pathlib import Path
 
 HEAVY = [
-    "torch", "transformers", "sentence_transformers", "llama_cpp", "matplotlib", "click",
+    "torch", "transformers", "sentence_transformers", "llama_cpp", "matplotlib", "click", "huggingface_hub",
+    "safetensors", "PyInstaller", "mlx_lm",
+    # The Rust tokenizer costs ~285 MB RSS for this vocabulary: only folders without tokenizer.model need it.
+    "tokenizers",
     "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
 ]
 
@@ -60,3 +63,22 @@ def test_load_and_encode_import_nothing_heavy(tiny_f32, tmp_path):
     assert "mlx.core" in result["modules"]
     for name in HEAVY:
         assert name not in result["modules"], f"load + encode imported {name}"
+
+
+def test_loading_an_mlx_community_folder_imports_nothing_heavy(tiny_source, tiny_q4, tmp_path):
+    from test_interop import community_folder
+
+    folder = community_folder(tiny_q4, tmp_path / "community", tiny_source)
+    result = run_python(
+        f"""
+        import json, sys
+        import mlx_embedgemma
+        model = mlx_embedgemma.load({str(folder)!r})
+        model.encode_query("which planet is red?")
+        print(json.dumps({{"modules": sorted(sys.modules), "layout": model.config["layout"]}}))
+        """,
+        tmp_path,
+    )
+    assert result["layout"] == "mlx-community"
+    for name in HEAVY:
+        assert name not in result["modules"], f"loading an mlx-community folder imported {name}"
