@@ -16,8 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-import numpy as np
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -25,8 +23,8 @@ def as_text_list(texts: Iterable[str]) -> list[str]:
     """All of ``texts`` as a list of checked strings, or the error for the first bad one."""
     if isinstance(texts, (bytes, bytearray)):
         raise TypeError("texts must be a str or an iterable of str, got bytes: decode it first, e.g. b.decode('utf-8')")
-    if isinstance(texts, np.ndarray) and texts.ndim != 1:
-        raise TypeError(f"texts is a {texts.ndim}-d numpy array of shape {texts.shape}; pass a 1-D array of strings")
+    if getattr(texts, "ndim", 1) != 1:  # a numpy array: iterating a 2-D one gives rows, a 0-d one fails
+        raise TypeError(f"texts is a {texts.ndim}-d array of shape {texts.shape}; pass a 1-D array of strings")
     try:
         items = list(texts)
     except TypeError:
