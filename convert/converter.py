@@ -110,7 +110,10 @@ def convert(
     storage = precision.describe(config)
     log(f"writing {out} ({storage})")
     with atomic_folder(out, force) as tmp:
-        mx.save_safetensors(str(tmp / WEIGHTS_FILE), dict(tree_flatten(network.parameters())), metadata={"format": "mlx"})
+        try:
+            mx.save_safetensors(str(tmp / WEIGHTS_FILE), dict(tree_flatten(network.parameters())), metadata={"format": "mlx"})
+        except RuntimeError as e:  # MLX reports a failed write (a full disk, say) without an errno
+            raise OSError(None, str(e), str(tmp / WEIGHTS_FILE)) from e
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
         (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")

@@ -44,7 +44,7 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
     SOURCE is a local sentence-transformers folder, or a hub id such as google/embeddinggemma-300m
     (downloaded only then; needs `pip install 'mlx-embedgemma[hub]'`).
     """
-    from .convert import OutputExistsError, SourceError
+    from .convert import OutputExistsError, OutputWriteError, SourceError
     from .convert import convert as run
 
     if dtype and not no_quantize:
@@ -59,7 +59,7 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
             quantize=not no_quantize,
             dtype=dtype or "float32", force=force, log=lambda m: click.echo(m, err=True),
         )
-    except (SourceError, OutputExistsError, PermissionError, ValueError) as e:
+    except (SourceError, OutputExistsError, OutputWriteError, PermissionError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {report.output} ({report.storage}, {report.size_bytes / 1e6:.1f} MB)")
 
