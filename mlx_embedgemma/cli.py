@@ -147,8 +147,12 @@ def _save_npy(output: Path, matrix) -> None:
 
 
 def _completed(path: Path, dim: int) -> tuple[int, list[float] | None]:
-    """How many texts a JSONL output already holds, and its last vector; an incomplete last line is cut off."""
-    count, end, last = 0, 0, None
+    """How many texts to keep from a JSONL output, and the last kept vector; the rest of the file is cut off.
+
+    Only whole chunks are kept: the resumed run then embeds the same batches as an uninterrupted one, so
+    the file ends up byte-identical to it (an incomplete last line is dropped with the partial chunk).
+    """
+    count, kept, end, last = 0, 0, 0, None
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
@@ -169,11 +173,13 @@ def _completed(path: Path, dim: int) -> tuple[int, list[float] | None]:
                     f"{path} holds {len(vector) if isinstance(vector, list) else '?'}-d embeddings, this run makes {dim}-d: "
                     "resume with the same --dim, model and --prompt-name"
                 )
-            count, end, last = count + 1, end + len(raw), vector
+            count += 1
+            if count % CHUNK == 0:
+                kept, end, last = count, f.tell(), vector
     if path.stat().st_size > end:
         os.truncate(path, end)
-        click.echo(f"{path}: dropped an incomplete last line", err=True)
-    return count, last
+        click.echo(f"{path}: kept the first {kept} of {count} complete lines (whole chunks of {CHUNK})", err=True)
+    return kept, last
 
 
 def _check_resume_point(m, source: Iterator[str], output: Path, done: int, last, prompt_name: str | None, dim: int) -> None:
