@@ -213,7 +213,6 @@ def _checked_args(texts: tuple[str, ...]) -> Iterator[str]:
 def _read_texts(stream) -> Iterator[str]:
     name = getattr(stream, "name", "input")
     jsonl = name.endswith((".jsonl", ".ndjson")) if isinstance(name, str) else False
-    n = 0
     try:
         for n, line in enumerate(stream, 1):
             line = line.rstrip("\r\n")
@@ -230,7 +229,8 @@ def _read_texts(stream) -> Iterator[str]:
             check_text(line, f"{name}, line {n}")
             yield line
     except UnicodeDecodeError as e:
-        raise click.ClickException(f"{name}, line {n + 1}: not valid UTF-8 ({e.reason}); convert the file to UTF-8") from None
+        # Decoding runs ahead in blocks, so the line is unknown.
+        raise click.ClickException(f"{name} is not valid UTF-8 ({e.reason}); convert the file to UTF-8") from None
     except ValueError as e:  # a lone surrogate, e.g. a JSON "\\ud800" escape
         raise click.ClickException(str(e)) from None
 
