@@ -111,12 +111,15 @@ def convert(
     log(f"writing {out} ({storage})")
     with atomic_folder(out, force) as tmp:
         tensors = dict(tree_flatten(network.parameters()))
-        if layout == community_layout.LAYOUT:
-            community.write(tmp, ckpt, config, tensors)
-        else:
-            mx.save_safetensors(str(tmp / WEIGHTS_FILE), tensors, metadata={"format": "mlx"})
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
+        try:
+            if layout == community_layout.LAYOUT:
+                community.write(tmp, ckpt, config, tensors)
+            else:
+                mx.save_safetensors(str(tmp / WEIGHTS_FILE), tensors, metadata={"format": "mlx"})
+                (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
+        except RuntimeError as e:  # MLX reports a failed write (a full disk, say) without an errno
+            raise OSError(None, str(e), str(tmp / WEIGHTS_FILE)) from e
         (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")
         del network, ckpt, tensors
         converted = _probe(load(tmp))

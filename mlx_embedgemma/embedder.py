@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import sys
 import threading
 import warnings
@@ -14,10 +15,15 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from .inputs import as_text_list, check_text, check_texts
 from .model import EmbeddingGemmaModel
 from .tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 32
+# Texts read from a stream per step of encode_iter (and the CLI's output granularity).
+DEFAULT_CHUNK_SIZE = 256
+# Texts tokenized at once by encode: bounds the token ids held for long lists.
+ENCODE_CHUNK = 4096
 
 
 def default_max_batch_tokens() -> int:
@@ -85,29 +91,82 @@ class EmbeddingGemma:
 
         ``prompt_name`` picks one of ``self.prompts`` (``prompt`` gives the prefix string itself); with
         neither, the folder's default prompt is used, if it has one. ``dim`` is a Matryoshka size.
-        ``progress`` is called with the number of texts finished after each forward pass.
+        ``progress`` is called with the number of texts finished after each forward pass. Every text is
+        checked (see ``inputs.py``) before any is embedded.
         """
         single = isinstance(texts, str)
-        items = [texts] if single else _as_texts(texts)
+        if single:
+            check_text(texts, "text")
+        items = [texts] if single else as_text_list(texts)
+        prefix, dim, max_batch_tokens = self._options(prompt_name, prompt, dim, batch_size, max_batch_tokens)
+        out = np.empty((len(items), dim), np.float32)
+        cut: list[int] = []
+        # Token ids exist for one chunk at a time, so a long list costs its output matrix and little more.
+        for start in range(0, len(items), ENCODE_CHUNK):
+            chunk = items[start : start + ENCODE_CHUNK]
+            out[start : start + len(chunk)] = self._encode_chunk(chunk, start, prefix, dim, batch_size, max_batch_tokens, progress, cut)
+        if cut:
+            _warn_truncated(cut, len(items), self.max_seq_length)
+        return out[0] if single else out
+
+    def encode_iter(
+        self,
+        texts: Iterable[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Iterator[np.ndarray]:
+        """Embed a stream lazily: one vector per text, in input order, holding ``chunk_size`` texts at a time.
+
+        Options are those of ``encode`` and are checked now; the texts are read ``chunk_size`` at a time as
+        the result is iterated, so memory stays bounded however long the stream. A bad text stops the
+        iteration with the error ``encode`` gives (its index counts from the start of the stream), after
+        the vectors of every text before its chunk were yielded.
+        """
+        if isinstance(texts, (str, bytes, bytearray)):
+            raise TypeError(f"encode_iter takes an iterable of texts, got {type(texts).__name__}; for one text use encode()")
+        try:
+            stream = iter(texts)
+        except TypeError:
+            raise TypeError(f"texts must be an iterable of str, got {type(texts).__name__}") from None
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        prefix, dim, max_batch_tokens = self._options(prompt_name, prompt, dim, batch_size, max_batch_tokens)
+        return self._stream(stream, prefix, dim, batch_size, max_batch_tokens, chunk_size)
+
+    def _stream(self, stream: Iterator[str], prefix: str, dim: int, batch_size: int, max_tokens: int, chunk_size: int) -> Iterator[np.ndarray]:
+        start = 0
+        while chunk := list(itertools.islice(stream, chunk_size)):
+            check_texts(chunk, start)
+            cut: list[int] = []
+            rows = self._encode_chunk(chunk, start, prefix, dim, batch_size, max_tokens, None, cut)
+            if cut:
+                _warn_truncated(cut, len(chunk), self.max_seq_length)
+            yield from rows
+            start += len(chunk)
+
+    def _options(
+        self, prompt_name: str | None, prompt: str | None, dim: int | None, batch_size: int, max_batch_tokens: int | None
+    ) -> tuple[str, int, int]:
         prefix = self.prompt_prefix(prompt_name, prompt)
         dim = self.check_dim(dim) if dim is not None else self.embedding_dim
         if max_batch_tokens is None:
             max_batch_tokens = default_max_batch_tokens()
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
+        return prefix, dim, max_batch_tokens
+
+    def _encode_chunk(
+        self, items: list[str], start: int, prefix: str, dim: int, batch_size: int, max_tokens: int,
+        progress: Callable[[int], None] | None, cut: list[int],
+    ) -> np.ndarray:
+        """Embeddings of checked texts; adds the stream indices of truncated ones to ``cut``."""
         encoded = self.tokenizer.encode([prefix + t for t in items])
-        if encoded.truncated:
-            cut = encoded.truncated
-            warnings.warn(
-                f"{len(cut)} of {len(items)} texts were longer than {self.max_seq_length} tokens (prompt included) "
-                f"and were truncated, as the reference implementation does; indices: {cut[:10]}"
-                f"{' ...' if len(cut) > 10 else ''}",
-                TruncationWarning,
-                stacklevel=2,
-            )
-        full = self._embed_ids(encoded.ids, batch_size, max_batch_tokens, progress)
-        out = truncate(full, dim)
-        return out[0] if single else out
+        cut += [start + i for i in encoded.truncated]
+        return truncate(self._embed_ids(encoded.ids, batch_size, max_tokens, progress), dim)
 
     def encode_query(self, texts: str | Iterable[str], **kwargs: Any) -> np.ndarray:
         return self.encode(texts, prompt_name=kwargs.pop("prompt_name", "query"), **kwargs)
@@ -126,7 +185,7 @@ class EmbeddingGemma:
     def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None, prompt: str | None = None) -> list[int]:
         """Tokens each text takes in the model, prompt, `<bos>` and `<eos>` included, after truncation."""
         prefix = self.prompt_prefix(prompt_name, prompt)
-        return [len(ids) for ids in self.tokenizer.encode([prefix + t for t in _as_texts(texts)]).ids]
+        return [len(ids) for ids in self.tokenizer.encode([prefix + t for t in as_text_list(texts)]).ids]
 
     def prompt_prefix(self, prompt_name: str | None, prompt: str | None) -> str:
         if prompt is not None:
@@ -164,6 +223,15 @@ class EmbeddingGemma:
             if progress is not None:
                 progress(len(batch))
         return out
+
+
+def _warn_truncated(cut: list[int], total: int, limit: int) -> None:
+    warnings.warn(
+        f"{len(cut)} of {total} texts were longer than {limit} tokens (prompt included) and were truncated, "
+        f"as the reference implementation does; indices: {cut[:10]}{' ...' if len(cut) > 10 else ''}",
+        TruncationWarning,
+        stacklevel=3,
+    )
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -231,17 +299,3 @@ def truncate(embeddings: np.ndarray, dim: int) -> np.ndarray:
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def _as_texts(texts: Iterable[str]) -> list[str]:
-    if isinstance(texts, (bytes, bytearray)):
-        raise TypeError("texts must be a str or an iterable of str, got bytes: decode it first (e.g. .decode('utf-8'))")
-    try:
-        items = list(texts)
-    except TypeError:
-        raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}") from None
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            hint = "decode bytes first" if isinstance(t, (bytes, bytearray)) else "pass only strings (use '' for empty)"
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str: {hint}")
-    return items

@@ -50,12 +50,14 @@ def read_config(folder: Path) -> dict[str, Any]:
             return community.runtime_config(folder, config)
         except community.LayoutError as e:
             raise ModelFolderError(str(e)) from None
-    version = config.get("format_version")
-    if config.get("format") != FORMAT_NAME or not isinstance(version, int):
+    if config.get("format") != FORMAT_NAME:
         raise ModelFolderError(
             f"{path} was not written by `mlx-embedgemma convert`, nor is it an EmbeddingGemma folder in the "
             "mlx-community layout (model_type gemma3_text); convert the source checkpoint with `mlx-embedgemma convert`"
         )
+    version = config.get("format_version", 1)  # the first folders were written without one
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFolderError(f"{path}: format_version must be a positive integer, got {version!r}; re-convert the model")
     if version > FORMAT_VERSION:
         raise ModelFolderError(
             f"{path} has format_version {version}, newer than this mlx-embedgemma understands ({FORMAT_VERSION}): "
@@ -64,12 +66,38 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = False) -> EmbeddingGemmaModel:
+def model_args(folder: Path, config: dict[str, Any]) -> ModelArgs:
+    """The architecture, checked (sizes, bounds, consistency) before anything is allocated."""
     try:
         args = ModelArgs.from_dict(config)
+        check_embedding_config(config, args)
     except ConfigError as e:
         raise ModelFolderError(f"{folder / CONFIG_FILE}: {e}; re-convert the model with `mlx-embedgemma convert`") from None
-    network = EmbeddingGemmaModel(args)
+    return args
+
+
+def check_embedding_config(config: dict[str, Any], args: ModelArgs) -> None:
+    """The entries outside the network's architecture that ``load`` and ``encode`` use."""
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    length = config.get("max_seq_length", args.max_position_embeddings)
+    if not positive_int(length) or length < 3:
+        raise ConfigError(f"max_seq_length must be an integer of at least 3 (bos, a token, eos), got {length!r}")
+    for key, default in (("bos_token_id", 2), ("eos_token_id", 1)):
+        value = config.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < args.vocab_size:
+            raise ConfigError(f"{key} must be a token id in 0..{args.vocab_size - 1}, got {value!r}")
+    dims = config.get("matryoshka_dims", [args.embedding_dim])
+    if not isinstance(dims, list) or not dims or not all(positive_int(d) and d <= args.embedding_dim for d in dims):
+        raise ConfigError(f"matryoshka_dims must list sizes in 1..{args.embedding_dim}, got {dims!r}")
+    prompts = config.get("prompts", {})
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ConfigError("prompts must map names to strings")
+
+
+def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = False) -> EmbeddingGemmaModel:
+    network = EmbeddingGemmaModel(model_args(folder, config))
     if config.get("quantization"):
         try:
             precision.quantize(network, config["quantization"])
@@ -174,16 +202,18 @@ def load(
     if compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16' (float16 overflows), got {compute_dtype!r}")
     config = read_config(folder)
+    args = model_args(folder, config)
+    # The tokenizer is checked first: it is small, and a mismatch makes every weight useless.
+    max_length = min(config.get("max_seq_length", args.max_position_embeddings), args.max_position_embeddings)
+    tokenizer = open_tokenizer(folder, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
+    if tokenizer.vocab_size > args.vocab_size:
+        raise ModelFolderError(
+            f"{tokenizer.path} has {tokenizer.vocab_size} tokens but {folder / CONFIG_FILE} a vocab_size of "
+            f"{args.vocab_size}: the tokenizer belongs to another model; re-convert the model (or copy its own tokenizer back)"
+        )
     if stream_weights is None:
         stream_weights = bool(config.get("quantization")) and mx.default_device() == mx.cpu
     network = load_network(folder, config, stream_layers=stream_weights)
     if mx.default_device() == mx.cpu and (message := _blas.import_order_warning()):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
-    max_length = min(int(config.get("max_seq_length", network.args.max_position_embeddings)), network.args.max_position_embeddings)
-    tokenizer = open_tokenizer(folder, config.get("bos_token_id", 2), config.get("eos_token_id", 1), max_length)
-    if tokenizer.vocab_size > network.args.vocab_size:
-        raise ModelFolderError(
-            f"{folder}'s tokenizer has {tokenizer.vocab_size} tokens but the model only {network.args.vocab_size}: "
-            "the tokenizer belongs to another model; re-convert the model"
-        )
     return EmbeddingGemma(network, tokenizer, config, folder, precision.DTYPES[compute_dtype], truncate_dim)

@@ -39,7 +39,7 @@ class Tokenizer:
             raise ValueError(f"{path} is not a valid SentencePiece model ({e}); re-convert the model") from None
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (bos, one token, eos), got {max_length}")
-        self.bos_id, self.eos_id, self.max_length = bos_id, eos_id, max_length
+        self.path, self.bos_id, self.eos_id, self.max_length = path, bos_id, eos_id, max_length
 
     @property
     def vocab_size(self) -> int:
@@ -69,7 +69,7 @@ class JsonTokenizer:
             raise ValueError(f"{path} is not a valid tokenizer.json ({e})") from None
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (bos, one token, eos), got {max_length}")
-        self.bos_id, self.eos_id, self.max_length = bos_id, eos_id, max_length
+        self.path, self.bos_id, self.eos_id, self.max_length = path, bos_id, eos_id, max_length
 
     @property
     def vocab_size(self) -> int:
@@ -94,8 +94,8 @@ def open_tokenizer(folder: Path, bos_id: int, eos_id: int, max_length: int) -> T
         return Tokenizer(folder / TOKENIZER_FILE, bos_id, eos_id, max_length)
     if not (folder / TOKENIZER_JSON).is_file():
         raise FileNotFoundError(
-            f"{folder} has no tokenizer ({TOKENIZER_FILE} or {TOKENIZER_JSON}): copy the model's {TOKENIZER_FILE} "
-            "into it, or re-convert the model with `mlx-embedgemma convert`"
+            f"{folder} has no tokenizer: {folder / TOKENIZER_FILE} is missing, and so is {TOKENIZER_JSON}. Copy the model's {TOKENIZER_FILE} "
+            "back into the folder, or re-convert the model with `mlx-embedgemma convert`"
         )
     return JsonTokenizer(folder / TOKENIZER_JSON, bos_id, eos_id, max_length)
 
