@@ -1,4 +1,4 @@
-"""The `mlx-embedgemma` command: convert, embed, bench, info."""
+"""The `mlx-embedgemma` command: convert, embed, serve, index, search, bench, info."""
 
 from __future__ import annotations
 
@@ -252,6 +252,54 @@ def bench_report(files: tuple[Path, ...], output: Path | None, no_plots: bool) -
         click.echo(text)
     else:
         click.echo(f"wrote {output / 'README.md'}", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback exposes the server.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--model-id", default=None, help="Model name clients send [default: the folder's name].")
+@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size when a request gives no `dimensions` [default: full].")
+@click.option("--prompt-name", default=None, help="Task prompt when a request names none (by `prompt_name` or a `MODEL:PROMPT` alias).")
+@click.option("--max-batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests once one has arrived.")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True, help="Requests waiting before 429.")
+@click.option("--max-inputs", type=click.IntRange(1), default=2048, show_default=True, help="Texts per request before 413.")
+@click.option("--max-request-tokens", type=click.IntRange(1), default=65536, show_default=True,
+              help="Tokens per request (prompts included) before 413.")
+@click.option("--truncate", is_flag=True, help="Cut texts over the model's context (reported per response) instead of answering 400.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--no-access-log", is_flag=True, help="Do not log every request.")
+def serve(model: Path, host: str, port: int, model_id: str | None, dim: int | None, prompt_name: str | None,
+          max_batch_size: int, batch_wait_ms: float, max_queue: int, max_inputs: int, max_request_tokens: int,
+          truncate: bool, log_level: str, no_access_log: bool) -> None:
+    """Serve MODEL over an OpenAI-compatible API: POST /v1/embeddings, GET /v1/models, GET /health.
+
+    Needs `pip install 'mlx-embedgemma[serve]'` (Starlette and uvicorn).
+    """
+    try:
+        from . import server
+    except ImportError as e:
+        raise click.ClickException(f"the server needs Starlette and uvicorn ({e}): pip install 'mlx-embedgemma[serve]'") from None
+    from .loading import load
+
+    try:
+        m = load(model)
+        config = server.ServerConfig(
+            model_id=model_id or Path(model).expanduser().resolve().name, max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
+            max_request_tokens=max_request_tokens, default_dim=dim, default_prompt_name=prompt_name, truncate=truncate,
+        )
+        server.check_config(m, config)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if not server.is_loopback(host):
+        click.echo(f"warning: binding to {host}: anyone who can reach this machine can use the server "
+                   "(it has no authentication); use --host 127.0.0.1 to keep it local", err=True)
+    click.echo(f"serving {config.model_id} (aliases: {', '.join(list(server.model_aliases(m, config.model_id))[1:4])}, ...) "
+               f"on http://{host}:{port}/v1", err=True)
+    server.serve(m, config, host=host, port=port, log_level=log_level, access_log=not no_access_log)
 
 
 @main.command()
