@@ -15,6 +15,9 @@ from pathlib import Path
 HEAVY = [
     "torch", "transformers", "sentence_transformers", "llama_cpp", "matplotlib", "click",
     "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
+    # The server, the integrations and the file index: their libraries load only when those are used.
+    "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
+    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
 ]
 
 
