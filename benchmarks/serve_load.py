@@ -78,6 +78,8 @@ def main() -> None:
     command += ["serve", str(args.model), "--port", str(port), "--no-access-log", "--log-level", "warning",
                 "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch-size", str(args.max_batch_size),
                 "--max-queue", str(max(256, args.concurrency * 2))]
+    # Taken before the run: the commit is the one whose server is measured.
+    machine = fingerprint(mx.default_device(), os.cpu_count() or 1, args.model, describe(read_config(args.model)))
     started = time.perf_counter()
     server = subprocess.Popen(command)
     try:
@@ -130,6 +132,7 @@ def main() -> None:
                 stop.wait(0.5)
 
         rss_idle = vm_kb(server.pid, "VmRSS")
+        load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
         t_start = time.perf_counter()
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
         sampling = threading.Thread(target=sampler, daemon=True)
@@ -143,6 +146,7 @@ def main() -> None:
         sampling.join()
         health = httpx.get(url + "/health", timeout=10).json()
         peak = vm_kb(server.pid, "VmHWM")
+        load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     finally:
         server.terminate()
         try:
@@ -182,9 +186,10 @@ def main() -> None:
         "rss_growth_mb": round(rss[-1][2] - warm[0], 1) if warm else None,
         "rss_max_sampled_mb": max(mb for _, _, mb in rss) if rss else None,
         "peak_rss_mb": round(peak / 1024, 1) if peak else None,
+        # Other work on the machine slows the server down: the 1-minute load average, at start and end.
+        "loadavg_1min": [round(x[0], 2) if x else None for x in (load_start, load_end)],
         "rss_series": rss[:: max(1, len(rss) // 200)],
-        "fingerprint": fingerprint(mx.default_device(), os.cpu_count() or 1,
-                                   args.model, describe(read_config(args.model))),
+        "fingerprint": machine,
     }
     emit(record, args.output)
 
