@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=None, help="`dimensions` of every request [default: none sent]")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--fixed-wait", action="store_true", help="serve --fixed-wait: no adaptive batch window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     command = [script] if script else [sys.executable, "-m", "mlx_embedgemma.cli"]
     command += ["serve", str(args.model), "--port", str(port), "--no-access-log", "--log-level", "warning",
                 "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch-size", str(args.max_batch_size),
-                "--max-queue", str(max(256, args.concurrency * 2))]
+                "--max-queue", str(max(256, args.concurrency * 2))] + (["--fixed-wait"] if args.fixed_wait else [])
     # Taken before the run: the commit is the one whose server is measured.
     machine = fingerprint(mx.default_device(), os.cpu_count() or 1, args.model, describe(read_config(args.model)))
     started = time.perf_counter()
@@ -166,6 +167,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "dimensions": args.dim,
         "batch_wait_ms": args.batch_wait_ms,
+        "adaptive_wait": not args.fixed_wait,
         "max_batch_size": args.max_batch_size,
         "ok": int(ok.sum()),
         "status_counts": {str(s): int((statuses == s).sum()) for s in np.unique(statuses)},
@@ -184,6 +186,10 @@ def main() -> None:
         "rss_after_10pct_mb": warm[0] if warm else None,
         "rss_end_mb": rss[-1][2] if rss else None,
         "rss_growth_mb": round(rss[-1][2] - warm[0], 1) if warm else None,
+        # Single samples land during or between passes (about 10 MB apart): compare the highest sample of
+        # the second tenth of the requests with that of the last tenth.
+        "rss_max_second_tenth_mb": max((mb for n, _, mb in rss if args.requests // 10 <= n < args.requests // 5), default=None),
+        "rss_max_last_tenth_mb": max((mb for n, _, mb in rss if n >= args.requests * 9 // 10), default=None),
         "rss_max_sampled_mb": max(mb for _, _, mb in rss) if rss else None,
         "peak_rss_mb": round(peak / 1024, 1) if peak else None,
         # Other work on the machine slows the server down: the 1-minute load average, at start and end.

@@ -263,7 +263,9 @@ def bench_report(files: tuple[Path, ...], output: Path | None, no_plots: bool) -
 @click.option("--prompt-name", default=None, help="Task prompt when a request names none (by `prompt_name` or a `MODEL:PROMPT` alias).")
 @click.option("--max-batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per batch.")
 @click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="How long a batch waits for more requests once one has arrived.")
+              help="How long a batch waits for more requests once one has arrived (under concurrent load: up to "
+                   "a tenth of a forward pass, at most 100 ms, unless --fixed-wait).")
+@click.option("--fixed-wait", is_flag=True, help="Always wait exactly --batch-wait-ms.")
 @click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True, help="Requests waiting before 429.")
 @click.option("--max-inputs", type=click.IntRange(1), default=2048, show_default=True, help="Texts per request before 413.")
 @click.option("--max-request-tokens", type=click.IntRange(1), default=65536, show_default=True,
@@ -273,7 +275,7 @@ def bench_report(files: tuple[Path, ...], output: Path | None, no_plots: bool) -
 @click.option("--no-access-log", is_flag=True, help="Do not log every request.")
 def serve(model: Path, host: str, port: int, model_id: str | None, dim: int | None, prompt_name: str | None,
           max_batch_size: int, batch_wait_ms: float, max_queue: int, max_inputs: int, max_request_tokens: int,
-          truncate: bool, log_level: str, no_access_log: bool) -> None:
+          truncate: bool, log_level: str, no_access_log: bool, fixed_wait: bool) -> None:
     """Serve MODEL over an OpenAI-compatible API: POST /v1/embeddings, GET /v1/models, GET /health.
 
     Needs `pip install 'mlx-embedgemma[serve]'` (Starlette and uvicorn).
@@ -290,6 +292,7 @@ def serve(model: Path, host: str, port: int, model_id: str | None, dim: int | No
             model_id=model_id or Path(model).expanduser().resolve().name, max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
             max_request_tokens=max_request_tokens, default_dim=dim, default_prompt_name=prompt_name, truncate=truncate,
+            adaptive_wait=not fixed_wait,
         )
         server.check_config(m, config)
     except (FileNotFoundError, ValueError) as e:

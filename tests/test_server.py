@@ -435,3 +435,21 @@ def test_serve_refuses_an_unknown_dim_before_binding(model_dir):
 
     result = CliRunner().invoke(main, ["serve", str(model_dir), "--dim", "100"])
     assert result.exit_code == 1 and "64, 32, 16" in result.output
+
+
+def test_the_batch_wait_grows_only_under_concurrent_load(model):
+    from mlx_embedgemma.server import Batcher, ServerConfig
+
+    b = Batcher(model, ServerConfig(model_id=MODEL_ID, batch_wait_ms=5))
+    assert b.wait_seconds() == pytest.approx(0.005)
+    b._last_pass_s, b._last_batch_requests = 0.6, 1  # a lone client: no extra wait
+    assert b.wait_seconds() == pytest.approx(0.005)
+    b._last_batch_requests = 8  # several clients: a tenth of a pass
+    assert b.wait_seconds() == pytest.approx(0.06)
+    b._last_pass_s = 5.0  # capped
+    assert b.wait_seconds() == pytest.approx(0.1)
+    b._last_pass_s = 0.01  # never below the configured window
+    assert b.wait_seconds() == pytest.approx(0.005)
+    b.config.adaptive_wait = False
+    b._last_pass_s = 0.6
+    assert b.wait_seconds() == pytest.approx(0.005)
