@@ -1,4 +1,4 @@
-"""The `mlx-embedgemma` command: convert, embed, bench, info."""
+"""The `mlx-embedgemma` command: convert, embed, serve, index, search, bench, info."""
 
 from __future__ import annotations
 
@@ -359,6 +359,156 @@ def bench_report(files: tuple[Path, ...], output: Path | None, no_plots: bool) -
         click.echo(text)
     else:
         click.echo(f"wrote {output / 'README.md'}", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback exposes the server.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--model-id", default=None, help="Model name clients send [default: the folder's name].")
+@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size when a request gives no `dimensions` [default: full].")
+@click.option("--prompt-name", default=None, help="Task prompt when a request names none (by `prompt_name` or a `MODEL:PROMPT` alias).")
+@click.option("--max-batch-size", type=click.IntRange(1), default=32, show_default=True, help="Texts per batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests once one has arrived (under concurrent load: up to "
+                   "a tenth of a forward pass, at most 100 ms, unless --fixed-wait).")
+@click.option("--fixed-wait", is_flag=True, help="Always wait exactly --batch-wait-ms.")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True, help="Requests waiting before 429.")
+@click.option("--max-inputs", type=click.IntRange(1), default=2048, show_default=True, help="Texts per request before 413.")
+@click.option("--max-request-tokens", type=click.IntRange(1), default=65536, show_default=True,
+              help="Tokens per request (prompts included) before 413.")
+@click.option("--truncate", is_flag=True, help="Cut texts over the model's context (reported per response) instead of answering 400.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--no-access-log", is_flag=True, help="Do not log every request.")
+def serve(model: Path, host: str, port: int, model_id: str | None, dim: int | None, prompt_name: str | None,
+          max_batch_size: int, batch_wait_ms: float, max_queue: int, max_inputs: int, max_request_tokens: int,
+          truncate: bool, log_level: str, no_access_log: bool, fixed_wait: bool) -> None:
+    """Serve MODEL over an OpenAI-compatible API: POST /v1/embeddings, GET /v1/models, GET /health.
+
+    Needs `pip install 'mlx-embedgemma[serve]'` (Starlette and uvicorn).
+    """
+    try:
+        from . import server
+    except ImportError as e:
+        raise click.ClickException(f"the server needs Starlette and uvicorn ({e}): pip install 'mlx-embedgemma[serve]'") from None
+    from .loading import load
+
+    try:
+        m = load(model)
+        config = server.ServerConfig(
+            model_id=model_id or Path(model).expanduser().resolve().name, max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
+            max_request_tokens=max_request_tokens, default_dim=dim, default_prompt_name=prompt_name, truncate=truncate,
+            adaptive_wait=not fixed_wait,
+        )
+        server.check_config(m, config)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if not server.is_loopback(host):
+        click.echo(f"warning: binding to {host}: anyone who can reach this machine can use the server "
+                   "(it has no authentication); use --host 127.0.0.1 to keep it local", err=True)
+    click.echo(f"serving {config.model_id} (aliases: {', '.join(list(server.model_aliases(m, config.model_id))[1:4])}, ...) "
+               f"on http://{host}:{port}/v1", err=True)
+    server.serve(m, config, host=host, port=port, log_level=log_level, access_log=not no_access_log)
+
+
+MODEL_ENV = "MLX_EMBEDGEMMA_MODEL"
+
+
+def _index_model(model: Path | None, store) -> Path:
+    """--model, else $MLX_EMBEDGEMMA_MODEL, else the folder the store was made with."""
+    if model is not None:
+        return model
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    stored = store.meta.get("model_path")
+    if stored:
+        return Path(stored)
+    raise click.UsageError(f"give the model folder with --model (or set ${MODEL_ENV}); the store remembers it afterwards")
+
+
+def _shown(path: str) -> str:
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:  # another drive (Windows)
+        return path
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The SQLite store (created if missing).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help=f"Model folder [default: ${MODEL_ENV}, else the one the store was made with].")
+@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size of the stored vectors [default: full, or the store's].")
+@click.option("--rebuild", is_flag=True, help="Drop everything stored and re-index (another model, size or chunking).")
+@click.option("--chunk-chars", type=click.IntRange(100), default=None, help="Largest chunk, in characters [default: 1500, or the store's].")
+@click.option("--overlap-chars", type=click.IntRange(0), default=None,
+              help="Paragraphs repeated between neighbouring chunks, in characters [default: 200, or the store's].")
+@click.option("--ext", "extensions", default=",".join(e.lstrip(".") for e in (".md", ".markdown", ".mdx", ".txt", ".text", ".rst")),
+              show_default=True, help="File name endings to index, comma separated.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+def index(folder: Path, db: Path, model: Path | None, dim: int | None, rebuild: bool, chunk_chars: int | None,
+          overlap_chars: int | None, extensions: str, batch_size: int) -> None:
+    """Index the text and Markdown files of FOLDER into --db for `search` (again: only what changed).
+
+    Markdown is cut by headings, then paragraphs; plain text by paragraphs. Unchanged files are skipped,
+    changed ones re-embedded, deleted ones removed. Everything stays on this machine.
+    """
+    from .loading import load
+    from .search_index import IndexError_, SearchIndex
+
+    try:
+        with SearchIndex(db) as store:
+            m = load(_index_model(model, store))
+            exts = [e.strip() for e in extensions.split(",") if e.strip()]
+            report = store.index_folder(
+                folder, m, dim=dim, rebuild=rebuild, chunk_chars=chunk_chars, overlap_chars=overlap_chars,
+                extensions=exts, batch_size=batch_size, progress=lambda p: click.echo(f"  embedding {_shown(p)}", err=True),
+            )
+    except (IndexError_, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for path, why in report.skipped:
+        click.echo(f"skipped {_shown(path)}: {why}", err=True)
+    if report.truncated:
+        click.echo(f"{report.truncated} chunks were longer than the model's {m.max_seq_length} tokens and were cut to it: "
+                   "re-index with a smaller --chunk-chars (and --rebuild)", err=True)
+    click.echo(
+        f"{len(report.added)} new, {len(report.updated)} changed, {report.unchanged + report.touched} unchanged, "
+        f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks_embedded} chunks embedded; "
+        f"{report.files_total} files, {report.chunks_total} chunks in {_shown(str(db))} ({report.seconds:.1f} s)"
+    )
+
+
+@main.command()
+@click.argument("query")
+@click.option("--db", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="A store made by `index`.")
+@click.option("-k", "--top-k", "k", type=click.IntRange(1), default=10, show_default=True, help="How many chunks to show.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help=f"Model folder [default: ${MODEL_ENV}, else the one the store was made with].")
+@click.option("--prompt-name", default="query", show_default=True, help="Task prompt of the query (documents have `document`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result, for scripts.")
+def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, as_json: bool) -> None:
+    """Search a store made by `index` by meaning: rank, score, file:line, heading and a snippet."""
+    from .loading import load
+    from .search_index import IndexError_, SearchIndex
+
+    try:
+        with SearchIndex(db) as store:
+            m = load(_index_model(model, store))
+            hits = store.search(m, query, k=k, prompt_name=prompt_name)
+    except (IndexError_, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for h in hits:
+        if as_json:
+            click.echo(json.dumps({"rank": h.rank, "score": round(h.score, 6), "path": h.path, "line": h.start_line,
+                                   "chunk": h.ordinal, "heading": h.heading, "text": h.text}, ensure_ascii=False))
+            continue
+        snippet = " ".join(h.text.split())
+        snippet = snippet if len(snippet) <= 200 else snippet[:197] + "..."
+        click.echo(f"{h.rank:>3}  {h.score:.4f}  {_shown(h.path)}:{h.start_line}" + (f"  [{h.heading}]" if h.heading else ""))
+        click.echo(f"     {snippet}")
+    if not hits:
+        click.echo("the store holds no chunks", err=True)
 
 
 @main.command()

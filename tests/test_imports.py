@@ -18,6 +18,9 @@ HEAVY = [
     # The Rust tokenizer costs ~285 MB RSS for this vocabulary: only folders without tokenizer.model need it.
     "tokenizers",
     "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
+    # The server, the integrations and the file index: their libraries load only when those are used.
+    "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
+    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
 ]
 
 

@@ -1,0 +1,272 @@
+"""`mlx-embedgemma index` and `search` end to end on the tiny model, on a folder the test makes.
+
+The tiny model's weights are random, so which chunk "means" the query is not tested: the tests check
+structure (chunks, lines, headings, counts), incremental re-indexing, refusals, and self-retrieval (a
+chunk's own text, searched with the document prompt, comes first with score 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlx_embedgemma import load
+from mlx_embedgemma.cli import main
+from mlx_embedgemma.search_index import Chunk, SearchIndex, chunk_document
+
+SMALL_DIMS = [64, 32, 16]
+# The tiny model's context is 80 tokens: some chunks are longer (the index reports it; see the first test).
+pytestmark = pytest.mark.filterwarnings("ignore::mlx_embedgemma.embedder.TruncationWarning")
+
+MARS = """# Planets
+
+## Mars
+Mars is red.
+Dust covers it.
+
+It has two moons.
+
+## Venus
+Venus is hot.
+"""
+TEA = "first note about tea, green and black, hot."
+COFFEE = "second note about coffee\nwith two lines here."
+NOTES = f"{TEA}\n\n{COFFEE}\n\n\nthird note about water, still or sparkling.\n"  # paragraphs at lines 1, 3, 6
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_f32, tmp_path_factory) -> Path:
+    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("search") / "tiny-matryoshka"))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["matryoshka_dims"] = SMALL_DIMS
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load(model_dir)
+
+
+@pytest.fixture
+def notes(tmp_path) -> Path:
+    root = tmp_path / "notes"
+    (root / "sub").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / "mars.md").write_text(MARS, encoding="utf-8")
+    (root / "sub" / "drinks.txt").write_text(NOTES, encoding="utf-8")
+    (root / "sub" / "empty.txt").write_text("", encoding="utf-8")
+    (root / ".git" / "config.md").write_text("# hidden\n", encoding="utf-8")
+    (root / "picture.png").write_bytes(b"\x89PNG\r\n")
+    (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchall()
+
+
+# --- chunking ---------------------------------------------------------------------------------------
+
+
+def test_markdown_chunks_follow_headings_and_lines():
+    chunks = chunk_document(MARS, markdown=True)
+    assert chunks == [
+        Chunk("Planets > Mars", "## Mars\nMars is red.\nDust covers it.\n\nIt has two moons.", 3),
+        Chunk("Planets > Venus", "## Venus\nVenus is hot.", 9),
+    ]  # "# Planets" alone, with nothing under it, is no chunk
+
+
+def test_headings_inside_code_fences_are_code():
+    text = "# Top\nintro\n\n```sh\n# a comment\n\necho hi\n```\n\n## Next\nbody\n"
+    chunks = chunk_document(text, markdown=True)
+    assert [c.heading for c in chunks] == ["Top", "Top > Next"]
+    assert "# a comment\n\necho hi" in chunks[0].text
+
+
+def test_plain_text_chunks_are_paragraphs_packed_with_overlap():
+    paragraphs = [f"paragraph {i} " + "word " * 10 for i in range(8)]  # 65 characters each
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    chunks = chunk_document(text, markdown=False, max_chars=200, overlap_chars=70)
+    assert all(len(c.text) <= 200 and c.heading == "" for c in chunks)
+    assert [c.start_line for c in chunks][0] == 1
+    for a, b in zip(chunks, chunks[1:]):  # each chunk starts with the last paragraph of the one before
+        assert b.text.split("\n\n")[0] == a.text.split("\n\n")[-1]
+    assert "paragraph 7" in chunks[-1].text
+    # Every paragraph is in some chunk, and each chunk's line is its first paragraph's.
+    held = [int(p.split()[1]) for c in chunks for p in c.text.split("\n\n")]
+    assert sorted(set(held)) == list(range(8)) and len(held) > 8
+    for c in chunks:
+        assert c.start_line == 2 * int(c.text.split()[1]) + 1
+
+
+def test_a_long_paragraph_is_cut_at_words_with_overlap():
+    text = " ".join(f"w{i}" for i in range(400))
+    chunks = chunk_document(text, markdown=False, max_chars=300, overlap_chars=50)
+    assert len(chunks) > 5 and all(len(c.text) <= 300 for c in chunks)
+    words = [c.text.split() for c in chunks]
+    for a, b in zip(words, words[1:]):
+        assert b[0] in a and b[0] != a[0]  # pieces overlap, and go forward
+    assert {w for ws in words for w in ws} == {f"w{i}" for i in range(400)}
+
+
+def test_bad_chunk_sizes_are_refused():
+    with pytest.raises(ValueError):
+        chunk_document("x", False, max_chars=100, overlap_chars=60)
+
+
+# --- index and search through the command -----------------------------------------------------------
+
+
+def test_index_then_search_end_to_end(notes, model_dir, model, tmp_path):
+    db = tmp_path / "notes.db"
+    result = invoke("index", notes, "--db", db, "--model", model_dir, "--dim", 32, "--chunk-chars", 100, "--overlap-chars", 50)
+    assert result.exit_code == 0, result.output
+    assert "3 new, 0 changed, 0 unchanged, 0 removed, 1 skipped" in result.stdout
+    assert "latin1.txt: not UTF-8 text" in result.output
+    assert "2 chunks were longer than the model's 80 tokens" in result.output  # the tiny model's context is short
+    files = sorted(Path(p).relative_to(notes).as_posix() for (p,) in rows(db, "SELECT path FROM files"))
+    assert files == ["mars.md", "sub/drinks.txt", "sub/empty.txt"]  # no hidden folders, no other endings
+    chunks = rows(db, "SELECT f.path, c.ordinal, c.heading, c.text, c.start_line, c.embedding FROM chunks c "
+                      "JOIN files f ON f.id = c.file_id ORDER BY f.path, c.ordinal")
+    assert len(chunks) == 2 + 2
+    drinks = [(c[1], c[3], c[4]) for c in chunks if c[0].endswith("drinks.txt")]
+    # 100 characters hold two paragraphs; the second chunk starts with the first one's last paragraph.
+    assert drinks == [(0, f"{TEA}\n\n{COFFEE}", 1), (1, f"{COFFEE}\n\nthird note about water, still or sparkling.", 3)]
+    # Stored vectors are the model's document embeddings at the chosen size.
+    texts = [c[3] for c in chunks]
+    stored = np.array([np.frombuffer(c[5], "<f4") for c in chunks])
+    np.testing.assert_allclose(stored, model.encode_document(texts, dim=32), atol=1e-6)
+    meta = dict(rows(db, "SELECT key, value FROM meta"))
+    assert meta["dim"] == "32" and meta["document_prompt"] == model.prompts["document"] and meta["model_name"] == "tiny-matryoshka"
+
+    # Self-retrieval: a chunk's own text under the document prompt is the top hit, score 1.
+    result = invoke("search", f"{COFFEE}\n\nthird note about water, still or sparkling.", "--db", db,
+                    "--prompt-name", "document", "-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["path"] == str(notes / "sub" / "drinks.txt") and hits[0]["line"] == 3 and hits[0]["chunk"] == 1
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    # A query (query prompt by default): scores are the cosine of the query vector with each chunk.
+    result = invoke("search", "which planet is red?", "--db", db, "--json", "-k", 10)
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(hits) == 4  # k larger than the store: everything, ranked
+    expected = model.similarity(model.encode_query("which planet is red?", dim=32), stored)[0]
+    assert [h["score"] for h in hits] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
+
+    # The human-readable form: rank, score, file:line, heading, snippet.
+    result = invoke("search", "## Mars\nMars is red.\nDust covers it.\n\nIt has two moons.", "--db", db, "-k", 1,
+                    "--prompt-name", "document")
+    assert result.exit_code == 0, result.output
+    first, snippet = result.stdout.splitlines()[:2]
+    assert first.split()[0] == "1" and "mars.md:3" in first and "[Planets > Mars]" in first
+    assert snippet.strip().startswith("## Mars Mars is red.")
+
+
+def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, model_dir, model, tmp_path):
+    db = tmp_path / "notes.db"
+    assert invoke("index", notes, "--db", db, "--model", model_dir).exit_code == 0
+    before = dict(rows(db, "SELECT f.path || ':' || c.ordinal, c.id FROM chunks c JOIN files f ON f.id = c.file_id"))
+
+    # Nothing changed: nothing embedded. The model comes from the store this time.
+    result = invoke("index", notes, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "0 new, 0 changed, 3 unchanged, 0 removed" in result.stdout and "0 chunks embedded" in result.stdout
+
+    # Same content, new mtime: not re-embedded either.
+    os.utime(notes / "mars.md", ns=(1, 1))
+    result = invoke("index", notes, "--db", db)
+    assert "0 new, 0 changed, 3 unchanged" in result.stdout and "0 chunks embedded" in result.stdout
+
+    # Change one file, delete another, add a third.
+    (notes / "mars.md").write_text(MARS.replace("Venus is hot.", "Venus is hot.\n\n## Earth\nEarth is home."), encoding="utf-8")
+    (notes / "sub" / "drinks.txt").unlink()
+    (notes / "new.markdown").write_text("# New\nfresh text\n", encoding="utf-8")
+    result = invoke("index", notes, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "1 new, 1 changed, 1 unchanged, 1 removed" in result.stdout and "4 chunks embedded" in result.stdout
+    assert "3 files, 4 chunks" in result.stdout
+    after = rows(db, "SELECT f.path, c.heading, c.text FROM chunks c JOIN files f ON f.id = c.file_id ORDER BY f.path, c.ordinal")
+    assert [(Path(p).name, h) for p, h, _ in after] == [
+        ("mars.md", "Planets > Mars"), ("mars.md", "Planets > Venus"), ("mars.md", "Planets > Earth"), ("new.markdown", "New")]
+    assert not any("drinks" in p for p, _, _ in after)
+    assert rows(db, "SELECT COUNT(*) FROM chunks WHERE file_id NOT IN (SELECT id FROM files)") == [(0,)]
+    assert not set(before.values()) & {i for (i,) in rows(db, "SELECT id FROM chunks")}  # mars.md's chunks are new rows
+
+    result = invoke("search", "## Earth\nEarth is home.", "--db", db, "--prompt-name", "document", "-k", 1, "--json")
+    hit = json.loads(result.stdout)
+    assert hit["heading"] == "Planets > Earth" and hit["score"] == pytest.approx(1.0, abs=1e-5) and hit["line"] == 12
+
+
+def test_refuses_another_size_or_model_unless_rebuilt(notes, model_dir, tiny_q4, tmp_path):
+    db = tmp_path / "notes.db"
+    assert invoke("index", notes, "--db", db, "--model", model_dir, "--dim", 16).exit_code == 0
+    result = invoke("index", notes, "--db", db, "--dim", 32)
+    assert result.exit_code == 1 and "16-d vectors" in result.output and "--rebuild" in result.output
+    result = invoke("index", notes, "--db", db, "--model", tiny_q4)
+    assert result.exit_code == 1 and "another model" in result.output and "--rebuild" in result.output
+    result = invoke("search", "tea", "--db", db, "--model", tiny_q4)
+    assert result.exit_code == 1 and "another model" in result.output
+    result = invoke("index", notes, "--db", db, "--chunk-chars", 500)
+    assert result.exit_code == 1 and "chunk-chars 1500" in result.output
+
+    result = invoke("index", notes, "--db", db, "--model", tiny_q4, "--rebuild")
+    assert result.exit_code == 0, result.output
+    assert "3 new" in result.stdout
+    meta = dict(rows(db, "SELECT key, value FROM meta"))
+    assert meta["dim"] == str(load(tiny_q4).network.args.embedding_dim) and meta["model_name"] == tiny_q4.name
+    assert invoke("search", "tea", "--db", db, "--model", tiny_q4).exit_code == 0
+
+
+def test_index_needs_a_model_and_search_needs_an_index(notes, tmp_path, model_dir, monkeypatch):
+    monkeypatch.delenv("MLX_EMBEDGEMMA_MODEL", raising=False)
+    result = invoke("index", notes, "--db", tmp_path / "a.db")
+    assert result.exit_code == 2 and "--model" in result.output
+    monkeypatch.setenv("MLX_EMBEDGEMMA_MODEL", str(model_dir))
+    assert invoke("index", notes, "--db", tmp_path / "a.db").exit_code == 0
+    empty = tmp_path / "empty.db"
+    SearchIndex(empty).close()
+    result = invoke("search", "x", "--db", empty)
+    assert result.exit_code == 1 and "index a folder" in result.output
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("not a database" * 100)
+    result = invoke("search", "x", "--db", bogus)
+    assert result.exit_code == 1 and "not a search index" in result.output
+
+
+def test_the_database_file_itself_is_not_indexed(notes, model_dir):
+    db = notes / "index.txt"  # inside the folder, with an indexed ending
+    result = invoke("index", notes, "--db", db, "--model", model_dir)
+    assert result.exit_code == 0, result.output
+    assert "3 new" in result.stdout and not any(p.endswith("index.txt") for (p,) in rows(db, "SELECT path FROM files"))
+
+
+def test_console_script_index_and_search(notes, model_dir, tmp_path):
+    script = shutil.which("mlx-embedgemma", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the mlx-embedgemma console script is not installed next to this Python")
+    db = tmp_path / "cli.db"
+    run = lambda *a: subprocess.run([script, *map(str, a)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # noqa: E731
+    proc = run("index", notes, "--db", db, "--model", model_dir)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("search", "## Venus\nVenus is hot.", "--db", db, "-k", 2, "--prompt-name", "document")
+    assert proc.returncode == 0, proc.stderr
+    assert "mars.md:9" in proc.stdout.splitlines()[0] and "[Planets > Venus]" in proc.stdout
