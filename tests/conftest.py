@@ -38,6 +38,23 @@ def tiny_f32(tmp_path_factory, tiny_source) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_matryoshka(tmp_path_factory, tiny_f32) -> Path:
+    """The tiny float32 model with Matryoshka sizes SMALL_DIMS (tiny_model.py), so dims have a choice.
+
+    Shared by many test files: treat it as read-only (copy it to change anything).
+    """
+    import shutil
+
+    from tiny_model import SMALL_DIMS
+
+    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("matryoshka") / "tiny-matryoshka"))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["matryoshka_dims"] = SMALL_DIMS
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_q4(tmp_path_factory, tiny_source) -> Path:
     # Group 32: the tiny model's 96-wide MLP does not split into groups of 64.
     return _convert(tmp_path_factory, tiny_source, "tiny-q4", bits=4, group_size=32)

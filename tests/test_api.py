@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mlx_embedgemma import ModelFolderError, load
 from mlx_embedgemma.embedder import plan_batches
+from tiny_model import SMALL_DIMS
 
 TEXTS = [
     "hello",
@@ -28,7 +29,6 @@ TEXTS = [
 # No test here means to exceed the tiny model's 80-token limit.
 pytestmark = pytest.mark.filterwarnings("error::mlx_embedgemma.embedder.TruncationWarning")
 # Smaller sizes for a copy of the tiny model: its 64-d output is its only Matryoshka size otherwise.
-SMALL_DIMS = [64, 32, 16]
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,8 @@ def model(tiny_f32):
 
 
 @pytest.fixture(scope="module")
-def matryoshka(tiny_f32, tmp_path_factory):
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("api") / "tiny-matryoshka"))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return load(folder)
+def matryoshka(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 def norms(x: np.ndarray) -> np.ndarray:

@@ -20,17 +20,11 @@ from click.testing import CliRunner
 from mlx_embedgemma import load
 from mlx_embedgemma.cli import main
 
-SMALL_DIMS = [64, 32, 16]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_f32, tmp_path_factory) -> Path:
-    """The tiny float32 model, with smaller Matryoshka sizes so --dim has something to choose."""
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("cli") / "tiny-matryoshka"))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+def model_dir(tiny_matryoshka) -> Path:
+    return tiny_matryoshka
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,18 @@ vectors the libraries store are the model's own, with the right prompt and size.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlx_embedgemma import load
 
-SMALL_DIMS = [64, 32, 16]
 DOCS = ["mars is the red planet", "venus is earth's twin", "jupiter is the largest planet", "the quick brown fox"]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_f32, tmp_path_factory):
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("integrations") / "tiny-matryoshka"))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return load(folder)
+def model(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 # --- LangChain --------------------------------------------------------------------------------------

@@ -6,10 +6,7 @@ same text inside a batch differ by up to ~1.5e-7 here, so they are compared at 1
 
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,20 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlx_embedgemma import TruncationWarning, load
+from tiny_model import SMALL_DIMS
 
-SMALL_DIMS = [64, 32, 16]
 # Any Unicode string (surrogates are excluded by the text strategy's default; they have a test below).
 TEXTS = st.text(max_size=60)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
-def model(tiny_f32, tmp_path_factory):
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("props") / "tiny-matryoshka"))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return load(folder)
+def model(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 def quiet_encode(model, texts, **options):

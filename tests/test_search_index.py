@@ -23,7 +23,6 @@ from mlx_embedgemma import load
 from mlx_embedgemma.cli import main
 from mlx_embedgemma.search_index import Chunk, SearchIndex, chunk_document
 
-SMALL_DIMS = [64, 32, 16]
 # The tiny model's context is 80 tokens: some chunks are longer (the index reports it; see the first test).
 pytestmark = pytest.mark.filterwarnings("ignore::mlx_embedgemma.embedder.TruncationWarning")
 
@@ -44,12 +43,8 @@ NOTES = f"{TEA}\n\n{COFFEE}\n\n\nthird note about water, still or sparkling.\n" 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_f32, tmp_path_factory) -> Path:
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("search") / "tiny-matryoshka"))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+def model_dir(tiny_matryoshka) -> Path:
+    return tiny_matryoshka
 
 
 @pytest.fixture(scope="module")

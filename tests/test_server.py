@@ -30,8 +30,8 @@ httpx = pytest.importorskip("httpx")
 
 from mlx_embedgemma import load  # noqa: E402
 from mlx_embedgemma.embedder import TruncationWarning  # noqa: E402
+from tiny_model import SMALL_DIMS
 
-SMALL_DIMS = [64, 32, 16]
 MODEL_ID = "tiny-matryoshka"
 TEXTS = ["mars is the red planet", "venus is earth's twin", "üñíçødé 中文 🚀", "", "the quick brown fox"]
 MAX_INPUTS = 100
@@ -45,12 +45,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_f32, tmp_path_factory) -> Path:
-    folder = Path(shutil.copytree(tiny_f32, tmp_path_factory.mktemp("serve") / MODEL_ID))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["matryoshka_dims"] = SMALL_DIMS
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+def model_dir(tiny_matryoshka) -> Path:
+    return tiny_matryoshka
 
 
 @pytest.fixture(scope="module")

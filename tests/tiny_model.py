@@ -20,6 +20,9 @@ CORPUS = [
 ]
 
 
+# Matryoshka sizes of the tiny_matryoshka fixture (its width is 64).
+SMALL_DIMS = [64, 32, 16]
+
 def build_tiny_source(dest: Path) -> Path:
     import sentencepiece as spm
     import torch
