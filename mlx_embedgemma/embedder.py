@@ -37,7 +37,14 @@ def default_max_batch_tokens() -> int:
 
 
 class TruncationWarning(UserWarning):
-    """Some texts were longer than the model's maximum sequence length and were cut."""
+    """Some texts were longer than the model's maximum sequence length and were cut.
+
+    ``indices`` lists them (positions in the call's input), for callers that report them their own way.
+    """
+
+    def __init__(self, message: str, indices: Sequence[int] = ()):
+        super().__init__(message)
+        self.indices = list(indices)
 
 
 class EmbeddingGemma:
@@ -166,7 +173,7 @@ class EmbeddingGemma:
         """Embeddings of checked texts; adds the stream indices of truncated ones to ``cut``."""
         encoded = self.tokenizer.encode([prefix + t for t in items])
         cut += [start + i for i in encoded.truncated]
-        return truncate(self._embed_ids(encoded.ids, batch_size, max_tokens, progress), dim)
+        return truncate(self.embed_ids(encoded.ids, batch_size, max_tokens, progress), dim)
 
     def encode_query(self, texts: str | Iterable[str], **kwargs: Any) -> np.ndarray:
         return self.encode(texts, prompt_name=kwargs.pop("prompt_name", "query"), **kwargs)
@@ -206,9 +213,14 @@ class EmbeddingGemma:
             raise ValueError(f"dim must be one of {', '.join(map(str, self.dims))} (Matryoshka sizes), got {dim!r}")
         return int(dim)
 
-    def _embed_ids(
+    def embed_ids(
         self, ids: list[list[int]], batch_size: int, max_tokens: int, progress: Callable[[int], None] | None
     ) -> np.ndarray:
+        """Full-size embeddings of texts already tokenized by ``self.tokenizer`` (prompt, <bos>, <eos> included).
+
+        For callers that tokenize up front, like the server, which counts tokens and checks lengths on
+        arrival. Batched by length as ``encode`` does; ``progress`` gets the texts done after each pass.
+        """
         out = np.empty((len(ids), self.network.args.embedding_dim), np.float32)
         lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
         for batch in plan_batches(lengths, batch_size, max_tokens):
@@ -226,12 +238,9 @@ class EmbeddingGemma:
 
 
 def _warn_truncated(cut: list[int], total: int, limit: int) -> None:
-    warnings.warn(
-        f"{len(cut)} of {total} texts were longer than {limit} tokens (prompt included) and were truncated, "
-        f"as the reference implementation does; indices: {cut[:10]}{' ...' if len(cut) > 10 else ''}",
-        TruncationWarning,
-        stacklevel=3,
-    )
+    message = (f"{len(cut)} of {total} texts were longer than {limit} tokens (prompt included) and were truncated, "
+               f"as the reference implementation does; indices: {cut[:10]}{' ...' if len(cut) > 10 else ''}")
+    warnings.warn(TruncationWarning(message, cut), stacklevel=3)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -363,10 +363,14 @@ class SearchIndex:
             vectors = None
             if texts:
                 # Said once in the report rather than as a warning per batch.
-                report.truncated += len(model.tokenizer.encode([prefix + t for t in texts]).truncated)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", TruncationWarning)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", TruncationWarning)
                     vectors = model.encode(texts, prompt_name=DOCUMENT_PROMPT, dim=dim, batch_size=batch_size)
+                for w in caught:
+                    if isinstance(w.message, TruncationWarning):
+                        report.truncated += len(w.message.indices)
+                    else:
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             row = 0
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with self.db:

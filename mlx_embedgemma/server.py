@@ -219,7 +219,7 @@ class Batcher:
 
         if not ids:
             return np.zeros((0, self.model.network.args.embedding_dim), np.float32)
-        return self.model._embed_ids(ids, self.config.max_batch_size, self.max_batch_tokens, counted)
+        return self.model.embed_ids(ids, self.config.max_batch_size, self.max_batch_tokens, counted)
 
 
 def shutting_down() -> APIError:

@@ -18,7 +18,6 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,13 +44,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_matryoshka) -> Path:
-    return tiny_matryoshka
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return load(model_dir)
+def model(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 def wait_for_health(url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> dict:
@@ -70,13 +64,13 @@ def wait_for_health(url: str, proc: subprocess.Popen | None = None, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def server(tiny_matryoshka, tmp_path_factory):
     script = shutil.which("mlx-embedgemma", path=os.path.dirname(sys.executable))
     if script is None:
         pytest.skip("the mlx-embedgemma console script is not installed next to this Python")
     port = free_port()
     proc = subprocess.Popen(
-        [script, "serve", str(model_dir), "--port", str(port), "--batch-wait-ms", "30", "--no-access-log",
+        [script, "serve", str(tiny_matryoshka), "--port", str(port), "--batch-wait-ms", "30", "--no-access-log",
          "--max-inputs", str(MAX_INPUTS), "--max-request-tokens", str(MAX_REQUEST_TOKENS)],
         cwd=tmp_path_factory.mktemp("serve-cwd"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -333,16 +327,16 @@ class InProcessServer:
 
 
 @pytest.fixture
-def slow_model(model_dir):
+def slow_model(tiny_matryoshka):
     """A real tiny model whose forward passes take 0.3 s, so requests pile up in the queue."""
-    m = load(model_dir)
-    fast = m._embed_ids
+    m = load(tiny_matryoshka)
+    fast = m.embed_ids
 
     def slow(*args, **kwargs):
         time.sleep(0.3)
         return fast(*args, **kwargs)
 
-    m._embed_ids = slow
+    m.embed_ids = slow
     return m
 
 
@@ -388,11 +382,11 @@ def test_a_server_shutting_down_answers_503(slow_model):
         assert httpx.get(srv.url + "/health").json()["status"] == "shutting_down"
 
 
-def test_requests_from_different_prompts_and_sizes_share_one_pass(model_dir, model):
+def test_requests_from_different_prompts_and_sizes_share_one_pass(tiny_matryoshka, model):
     from mlx_embedgemma.server import ServerConfig, create_app
 
-    slow = load(model_dir)
-    fast = slow._embed_ids
+    slow = load(tiny_matryoshka)
+    fast = slow.embed_ids
     sizes = []
 
     def recording(ids, *args, **kwargs):
@@ -400,7 +394,7 @@ def test_requests_from_different_prompts_and_sizes_share_one_pass(model_dir, mod
         time.sleep(0.3)
         return fast(ids, *args, **kwargs)
 
-    slow._embed_ids = recording
+    slow.embed_ids = recording
     app = create_app(slow, ServerConfig(model_id=MODEL_ID, batch_wait_ms=0))
     requests = [("query", 16, "alpha"), ("document", 32, "beta"), (None, 64, "gamma"), ("STS", 16, "delta")]
     with InProcessServer(app) as srv:
@@ -432,12 +426,12 @@ def test_is_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("::")
 
 
-def test_serve_refuses_an_unknown_dim_before_binding(model_dir):
+def test_serve_refuses_an_unknown_dim_before_binding(tiny_matryoshka):
     from click.testing import CliRunner
 
     from mlx_embedgemma.cli import main
 
-    result = CliRunner().invoke(main, ["serve", str(model_dir), "--dim", "100"])
+    result = CliRunner().invoke(main, ["serve", str(tiny_matryoshka), "--dim", "100"])
     assert result.exit_code == 1 and "64, 32, 16" in result.output
 
 
