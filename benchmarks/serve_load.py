@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_embedgemma.benchmarks.fingerprint import fingerprint
-from mlx_embedgemma.benchmarks.memory import WORDS, emit
+from mlx_embedgemma.benchmarks.memory import WORDS, emit, status_mb
 from mlx_embedgemma.loading import read_config
 from mlx_embedgemma.precision import describe
 
@@ -36,16 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def vm_kb(pid: int, key: str) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def queries(count: int, seed: int) -> list[str]:
@@ -127,12 +117,12 @@ def main() -> None:
 
         def sampler() -> None:
             while not stop.is_set():
-                value = vm_kb(server.pid, "VmRSS")
+                value = status_mb("VmRSS", server.pid)
                 if value is not None:
-                    rss.append((done[0], round(time.perf_counter() - t_start, 1), round(value / 1024, 1)))
+                    rss.append((done[0], round(time.perf_counter() - t_start, 1), round(value, 1)))
                 stop.wait(0.5)
 
-        rss_idle = vm_kb(server.pid, "VmRSS")
+        rss_idle = status_mb("VmRSS", server.pid)
         load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
         t_start = time.perf_counter()
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
@@ -146,7 +136,7 @@ def main() -> None:
         stop.set()
         sampling.join()
         health = httpx.get(url + "/health", timeout=10).json()
-        peak = vm_kb(server.pid, "VmHWM")
+        peak = status_mb("VmHWM", server.pid)
         load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     finally:
         server.terminate()
@@ -182,7 +172,7 @@ def main() -> None:
         "server": {k: health[k] for k in ("requests", "inputs", "tokens", "batches", "forward_passes", "largest_batch",
                                           "rejected_queue_full")},
         "mean_batch": round(health["inputs"] / max(health["batches"], 1), 2),
-        "rss_idle_mb": round(rss_idle / 1024, 1) if rss_idle else None,
+        "rss_idle_mb": round(rss_idle, 1) if rss_idle else None,
         "rss_after_10pct_mb": warm[0] if warm else None,
         "rss_end_mb": rss[-1][2] if rss else None,
         "rss_growth_mb": round(rss[-1][2] - warm[0], 1) if warm else None,
@@ -191,7 +181,7 @@ def main() -> None:
         "rss_max_second_tenth_mb": max((mb for n, _, mb in rss if args.requests // 10 <= n < args.requests // 5), default=None),
         "rss_max_last_tenth_mb": max((mb for n, _, mb in rss if n >= args.requests * 9 // 10), default=None),
         "rss_max_sampled_mb": max(mb for _, _, mb in rss) if rss else None,
-        "peak_rss_mb": round(peak / 1024, 1) if peak else None,
+        "peak_rss_mb": round(peak, 1) if peak else None,
         # Other work on the machine slows the server down: the 1-minute load average, at start and end.
         "loadavg_1min": [round(x[0], 2) if x else None for x in (load_start, load_end)],
         "rss_series": rss[:: max(1, len(rss) // 200)],
