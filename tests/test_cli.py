@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -23,13 +22,8 @@ from mlx_embedgemma.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_matryoshka) -> Path:
-    return tiny_matryoshka
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return load(model_dir)
+def model(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 def invoke(*args: str, input: str | None = None):
@@ -45,8 +39,8 @@ def jsonl_rows(text: str) -> np.ndarray:
 # --- embed -----------------------------------------------------------------------------------------
 
 
-def test_embed_texts_prints_jsonl_in_order(model_dir, model):
-    result = invoke("embed", model_dir, "a", "b", "--dim", "32")
+def test_embed_texts_prints_jsonl_in_order(tiny_matryoshka, model):
+    result = invoke("embed", tiny_matryoshka, "a", "b", "--dim", "32")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 2
@@ -62,43 +56,43 @@ def test_embed_defaults_to_the_full_size(tiny_f32):
     np.testing.assert_allclose(jsonl_rows(result.stdout), load(tiny_f32).encode(["mars"]), atol=1e-6)
 
 
-def test_embed_from_a_text_file_one_text_per_line(model_dir, model, tmp_path):
+def test_embed_from_a_text_file_one_text_per_line(tiny_matryoshka, model, tmp_path):
     texts = ["the quick brown fox", "mars is red", "üñíçødé 中文", "venus"]
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    result = invoke("embed", model_dir, "--input", path, "--dim", "16")
+    result = invoke("embed", tiny_matryoshka, "--input", path, "--dim", "16")
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(jsonl_rows(result.stdout), model.encode(texts, dim=16), atol=1e-6)
 
 
-def test_embed_from_jsonl_reads_the_text_field(model_dir, model, tmp_path):
+def test_embed_from_jsonl_reads_the_text_field(tiny_matryoshka, model, tmp_path):
     texts = ["mars is red", "venus is hot", "the quick brown fox"]
     path = tmp_path / "texts.jsonl"
     path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
-    result = invoke("embed", model_dir, "--input", path)
+    result = invoke("embed", tiny_matryoshka, "--input", path)
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(jsonl_rows(result.stdout), model.encode(texts), atol=1e-6)
 
 
-def test_embed_from_jsonl_names_a_bad_line(model_dir, tmp_path):
+def test_embed_from_jsonl_names_a_bad_line(tiny_matryoshka, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
-    result = invoke("embed", model_dir, "--input", path)
+    result = invoke("embed", tiny_matryoshka, "--input", path)
     assert result.exit_code != 0
     assert "line 2" in result.output and "'text'" in result.output
 
 
 @pytest.mark.parametrize("args", [[], ["--input", "-"]])
-def test_embed_from_stdin(model_dir, model, args):
-    result = invoke("embed", model_dir, *args, input="mars is red\nvenus\r\nüñíçødé 中文\n")
+def test_embed_from_stdin(tiny_matryoshka, model, args):
+    result = invoke("embed", tiny_matryoshka, *args, input="mars is red\nvenus\r\nüñíçødé 中文\n")
     assert result.exit_code == 0, result.output
     expected = model.encode(["mars is red", "venus", "üñíçødé 中文"])
     np.testing.assert_allclose(jsonl_rows(result.stdout), expected, atol=1e-6)
 
 
-def test_embed_to_npy(model_dir, model, tmp_path):
+def test_embed_to_npy(tiny_matryoshka, model, tmp_path):
     out = tmp_path / "out.npy"
-    result = invoke("embed", model_dir, "a", "b", "c", "--dim", "32", "--output", out)
+    result = invoke("embed", tiny_matryoshka, "a", "b", "c", "--dim", "32", "--output", out)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     saved = np.load(out)
@@ -106,47 +100,47 @@ def test_embed_to_npy(model_dir, model, tmp_path):
     np.testing.assert_allclose(saved, model.encode(["a", "b", "c"], dim=32), atol=1e-6)
 
 
-def test_embed_empty_input_to_npy_gives_an_empty_matrix(model_dir, tmp_path):
+def test_embed_empty_input_to_npy_gives_an_empty_matrix(tiny_matryoshka, tmp_path):
     out = tmp_path / "empty.npy"
-    result = invoke("embed", model_dir, "--output", out, "--dim", "16", input="")
+    result = invoke("embed", tiny_matryoshka, "--output", out, "--dim", "16", input="")
     assert result.exit_code == 0, result.output
     assert np.load(out).shape == (0, 16)
 
 
-def test_embed_to_jsonl_file(model_dir, model, tmp_path):
+def test_embed_to_jsonl_file(tiny_matryoshka, model, tmp_path):
     out = tmp_path / "out.jsonl"
-    result = invoke("embed", model_dir, "a", "b", "--output", out)
+    result = invoke("embed", tiny_matryoshka, "a", "b", "--output", out)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     np.testing.assert_allclose(jsonl_rows(out.read_text(encoding="utf-8")), model.encode(["a", "b"]), atol=1e-6)
 
 
-def test_embed_with_prompt_name_equals_encode_query(model_dir, model):
+def test_embed_with_prompt_name_equals_encode_query(tiny_matryoshka, model):
     texts = ["which planet is red?", "mars"]
-    result = invoke("embed", model_dir, *texts, "--prompt-name", "query")
+    result = invoke("embed", tiny_matryoshka, *texts, "--prompt-name", "query")
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(jsonl_rows(result.stdout), model.encode_query(texts), atol=1e-6)
     assert not np.allclose(jsonl_rows(result.stdout), model.encode(texts), atol=1e-3)
 
 
-def test_embed_unknown_prompt_name_lists_names(model_dir):
-    result = invoke("embed", model_dir, "a", "--prompt-name", "nope")
+def test_embed_unknown_prompt_name_lists_names(tiny_matryoshka):
+    result = invoke("embed", tiny_matryoshka, "a", "--prompt-name", "nope")
     assert result.exit_code != 0
     assert "nope" in result.output and "STS, document, query" in result.output
     assert result.stdout == ""
 
 
-def test_embed_wrong_dim_lists_sizes(model_dir):
-    result = invoke("embed", model_dir, "a", "--dim", "100")
+def test_embed_wrong_dim_lists_sizes(tiny_matryoshka):
+    result = invoke("embed", tiny_matryoshka, "a", "--dim", "100")
     assert result.exit_code != 0
     assert not isinstance(result.exception, ValueError)  # a message, not a traceback
     assert "64, 32, 16" in result.output
 
 
-def test_embed_texts_and_input_together_are_refused(model_dir, tmp_path):
+def test_embed_texts_and_input_together_are_refused(tiny_matryoshka, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("x\n", encoding="utf-8")
-    result = invoke("embed", model_dir, "a", "--input", path)
+    result = invoke("embed", tiny_matryoshka, "a", "--input", path)
     assert result.exit_code == 2
     assert "not both" in result.output
 
@@ -201,12 +195,12 @@ def test_info_missing_model_fails_with_a_message(tmp_path):
 # --- the installed console script ------------------------------------------------------------------
 
 
-def test_console_script_embeds(model_dir, model, tmp_path):
+def test_console_script_embeds(tiny_matryoshka, model, tmp_path):
     script = shutil.which("mlx-embedgemma", path=os.path.dirname(sys.executable))
     if script is None:
         pytest.skip("the mlx-embedgemma console script is not installed next to this Python")
     proc = subprocess.run(
-        [script, "embed", str(model_dir), "a", "b", "--dim", "32"],
+        [script, "embed", str(tiny_matryoshka), "a", "b", "--dim", "32"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr

@@ -10,10 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +22,7 @@ from click.testing import CliRunner
 from mlx_embedgemma import load
 from mlx_embedgemma.cli import main
 from mlx_embedgemma.convert import OutputExistsError, OutputWriteError, convert
+from processes import kill_when
 from test_convert_errors import assert_nothing_written, leftovers, tree_digest
 
 
@@ -50,19 +49,7 @@ def script() -> str:
 
 def kill_while_writing(cmd: list[str], out: Path, cwd: Path) -> bool:
     """Run ``cmd``; SIGKILL it once its hidden work folder holds a file. False if it finished first."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None:
-            if out.parent.exists() and any(any(p.iterdir()) for p in leftovers(out) if p.is_dir()):
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.001)
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return kill_when(cmd, cwd, lambda: out.parent.exists() and any(any(p.iterdir()) for p in leftovers(out) if p.is_dir()), 0.001)
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["new-output", "existing-output"])

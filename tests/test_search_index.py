@@ -43,13 +43,8 @@ NOTES = f"{TEA}\n\n{COFFEE}\n\n\nthird note about water, still or sparkling.\n" 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_matryoshka) -> Path:
-    return tiny_matryoshka
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return load(model_dir)
+def model(tiny_matryoshka):
+    return load(tiny_matryoshka)
 
 
 @pytest.fixture
@@ -127,9 +122,9 @@ def test_bad_chunk_sizes_are_refused():
 # --- index and search through the command -----------------------------------------------------------
 
 
-def test_index_then_search_end_to_end(notes, model_dir, model, tmp_path):
+def test_index_then_search_end_to_end(notes, tiny_matryoshka, model, tmp_path):
     db = tmp_path / "notes.db"
-    result = invoke("index", notes, "--db", db, "--model", model_dir, "--dim", 32, "--chunk-chars", 100, "--overlap-chars", 50)
+    result = invoke("index", notes, "--db", db, "--model", tiny_matryoshka, "--dim", 32, "--chunk-chars", 100, "--overlap-chars", 50)
     assert result.exit_code == 0, result.output
     assert "3 new, 0 changed, 0 unchanged, 0 removed, 1 skipped" in result.stdout
     assert "latin1.txt: not UTF-8 text" in result.output
@@ -176,9 +171,9 @@ def test_index_then_search_end_to_end(notes, model_dir, model, tmp_path):
     assert snippet.strip().startswith("## Mars Mars is red.")
 
 
-def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, model_dir, model, tmp_path):
+def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, tiny_matryoshka, model, tmp_path):
     db = tmp_path / "notes.db"
-    assert invoke("index", notes, "--db", db, "--model", model_dir).exit_code == 0
+    assert invoke("index", notes, "--db", db, "--model", tiny_matryoshka).exit_code == 0
     before = dict(rows(db, "SELECT f.path || ':' || c.ordinal, c.id FROM chunks c JOIN files f ON f.id = c.file_id"))
 
     # Nothing changed: nothing embedded. The model comes from the store this time.
@@ -211,9 +206,9 @@ def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, model_
     assert hit["heading"] == "Planets > Earth" and hit["score"] == pytest.approx(1.0, abs=1e-5) and hit["line"] == 12
 
 
-def test_refuses_another_size_or_model_unless_rebuilt(notes, model_dir, tiny_q4, tmp_path):
+def test_refuses_another_size_or_model_unless_rebuilt(notes, tiny_matryoshka, tiny_q4, tmp_path):
     db = tmp_path / "notes.db"
-    assert invoke("index", notes, "--db", db, "--model", model_dir, "--dim", 16).exit_code == 0
+    assert invoke("index", notes, "--db", db, "--model", tiny_matryoshka, "--dim", 16).exit_code == 0
     result = invoke("index", notes, "--db", db, "--dim", 32)
     assert result.exit_code == 1 and "16-d vectors" in result.output and "--rebuild" in result.output
     result = invoke("index", notes, "--db", db, "--model", tiny_q4)
@@ -231,11 +226,11 @@ def test_refuses_another_size_or_model_unless_rebuilt(notes, model_dir, tiny_q4,
     assert invoke("search", "tea", "--db", db, "--model", tiny_q4).exit_code == 0
 
 
-def test_index_needs_a_model_and_search_needs_an_index(notes, tmp_path, model_dir, monkeypatch):
+def test_index_needs_a_model_and_search_needs_an_index(notes, tmp_path, tiny_matryoshka, monkeypatch):
     monkeypatch.delenv("MLX_EMBEDGEMMA_MODEL", raising=False)
     result = invoke("index", notes, "--db", tmp_path / "a.db")
     assert result.exit_code == 2 and "--model" in result.output
-    monkeypatch.setenv("MLX_EMBEDGEMMA_MODEL", str(model_dir))
+    monkeypatch.setenv("MLX_EMBEDGEMMA_MODEL", str(tiny_matryoshka))
     assert invoke("index", notes, "--db", tmp_path / "a.db").exit_code == 0
     empty = tmp_path / "empty.db"
     SearchIndex(empty).close()
@@ -247,20 +242,20 @@ def test_index_needs_a_model_and_search_needs_an_index(notes, tmp_path, model_di
     assert result.exit_code == 1 and "not a search index" in result.output
 
 
-def test_the_database_file_itself_is_not_indexed(notes, model_dir):
+def test_the_database_file_itself_is_not_indexed(notes, tiny_matryoshka):
     db = notes / "index.txt"  # inside the folder, with an indexed ending
-    result = invoke("index", notes, "--db", db, "--model", model_dir)
+    result = invoke("index", notes, "--db", db, "--model", tiny_matryoshka)
     assert result.exit_code == 0, result.output
     assert "3 new" in result.stdout and not any(p.endswith("index.txt") for (p,) in rows(db, "SELECT path FROM files"))
 
 
-def test_console_script_index_and_search(notes, model_dir, tmp_path):
+def test_console_script_index_and_search(notes, tiny_matryoshka, tmp_path):
     script = shutil.which("mlx-embedgemma", path=os.path.dirname(sys.executable))
     if script is None:
         pytest.skip("the mlx-embedgemma console script is not installed next to this Python")
     db = tmp_path / "cli.db"
     run = lambda *a: subprocess.run([script, *map(str, a)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # noqa: E731
-    proc = run("index", notes, "--db", db, "--model", model_dir)
+    proc = run("index", notes, "--db", db, "--model", tiny_matryoshka)
     assert proc.returncode == 0, proc.stderr
     proc = run("search", "## Venus\nVenus is hot.", "--db", db, "-k", 2, "--prompt-name", "document")
     assert proc.returncode == 0, proc.stderr

@@ -9,10 +9,8 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from click.testing import CliRunner
 
 from mlx_embedgemma import load
 from mlx_embedgemma.cli import CHUNK, main
+from processes import kill_when
 
 WORDS = "the quick brown fox jumps over the lazy dog mars venus earth".split()
 
@@ -120,19 +119,7 @@ def complete_lines(path: Path) -> list[dict]:
 
 def run_and_kill(cmd: list[str], output: Path, after_lines: int, cwd: Path) -> bool:
     """Start ``cmd``, SIGKILL it once ``output`` has ``after_lines`` lines; False if it finished first."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None:
-            if output.exists() and output.read_bytes().count(b"\n") >= after_lines:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.005)
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return kill_when(cmd, cwd, lambda: output.exists() and output.read_bytes().count(b"\n") >= after_lines, 0.005)
 
 
 def test_killed_embed_leaves_complete_lines_and_resume_matches_an_uninterrupted_run(tiny_f32, tmp_path):
