@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import mlx.core as mx
 import numpy as np
 
@@ -187,7 +187,7 @@ def measure_memory(job: Job, scenario: str, spawned_at: float) -> dict:
         "kind": "memory", "scenario": scenario, "dim": dim, "texts": texts,
         "peak_rss_mb": round(peak_rss_mb(), 1), "mlx_peak_mb": round(encoder.peak_mlx_mb(), 1),
         "load_s": round(load_s, 3), "cold_start_s": round(cold_start, 3),
-        "streams_weights": encoder.model.streams_weights,
+        "plan": encoder.model.plan.describe(),
     }
 
 

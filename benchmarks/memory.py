@@ -22,7 +22,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-STREAM_CHOICES = {"auto": None, "on": True, "off": False}
 SCENARIOS = {"query": (1, 16), "docs128": (2000, 128), "docs2048": (50, 2048)}
 WORDS = (
     "the of and to in is was for on that with as by at from his her an which they were be this are or "
@@ -82,12 +81,12 @@ def make_texts(model, count: int, tokens: int, seed: int) -> list[str]:
     return texts
 
 
-def child(model_path: str, scenario: str, scale: float, stream_weights: bool | None) -> dict:
+def child(model_path: str, scenario: str, scale: float, kernels: str) -> dict:
     start = time.perf_counter()
-    import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+    import mlx_embedgemma
     import mlx.core as mx
 
-    model = mlx_embedgemma.load(model_path, stream_weights=stream_weights)
+    model = mlx_embedgemma.load(model_path, kernels=kernels)
     load_s = time.perf_counter() - start
     count, tokens = SCENARIOS[scenario]
     count = max(1, round(count * scale)) if scenario != "query" else 1
@@ -104,7 +103,7 @@ def child(model_path: str, scenario: str, scale: float, stream_weights: bool | N
     assert out.shape[0] == len(texts)
     return {
         "scenario": scenario,
-        "stream_weights": model.streams_weights,
+        "plan": model.plan.describe(),
         "texts": len(texts),
         "tokens_per_text": tokens if scenario != "query" else model.count_tokens(texts, "query")[0],
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -117,7 +116,6 @@ def child(model_path: str, scenario: str, scale: float, stream_weights: bool | N
         "device": str(mx.default_device()),
         "mlx": mx.__version__,
         "mlx_embedgemma": mlx_embedgemma.__version__,
-        "blas": mlx_embedgemma._blas.status,
     }
 
 
@@ -127,13 +125,11 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the documents to run")
     parser.add_argument("--output", type=Path, default=None, help="append JSONL records here (default: stdout only)")
-    parser.add_argument(
-        "--stream-weights", choices=STREAM_CHOICES, default="auto", help="load(..., stream_weights=...); auto: load's default"
-    )
+    parser.add_argument("--kernels", choices=("auto", "native", "mlx"), default="auto", help="load(..., kernels=...)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.scale, STREAM_CHOICES[args.stream_weights])))
+        print(json.dumps(child(args.model, args.child, args.scale, args.kernels)))
         return
     config = json.loads((Path(args.model) / "config.json").read_text())
     for scenario in args.scenarios.split(","):
@@ -141,7 +137,7 @@ def main() -> None:
             parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         proc = subprocess.run(
             [sys.executable, __file__, args.model, "--child", scenario, "--scale", str(args.scale)]
-            + ["--stream-weights", args.stream_weights],
+            + ["--kernels", args.kernels],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-import mlx_embedgemma  # noqa: F401  (first: picks the BLAS before mlx.core is imported)
+import mlx_embedgemma  # noqa: F401
 import mlx.core as mx
 import numpy as np
 

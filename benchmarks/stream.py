@@ -21,7 +21,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import numpy as np
 from mlx_embedgemma.embedder import TruncationWarning
 from mlx_embedgemma.precision import describe
@@ -86,7 +86,7 @@ def main() -> None:
     record = {
         "model": args.model,
         "storage": describe(model.config),
-        "streams_weights": model.streams_weights,
+        "plan": model.plan.describe(),
         "texts": args.count,
         "length_law": {"median_tokens": args.median_tokens, "sigma": args.sigma, "every_1000th": MAX_TOKENS},
         "tokens": int(seen.sum()),

@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_embedgemma import backend
 from mlx_embedgemma import community as community_layout
 from mlx_embedgemma import precision
 from mlx_embedgemma.embedder import EmbeddingGemma, TruncationWarning
@@ -91,17 +92,22 @@ def convert(
             "The checkpoint is damaged or not EmbeddingGemma; download it again"
         )
     network.load_weights(list(ckpt.weights.items()), strict=True)
-    float_model = EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32)
+    # The float32 source runs on this machine's fastest float plan (native kernels on a CPU), and gets its
+    # own modules back before it is quantized.
+    float_plan = backend.choose(quantized=False, compute_dtype=mx.float32)
+    replaced = backend.apply(float_plan, network)
+    float_model = EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32, float_plan)
     reference = _probe(float_model)
+    hessians = {}
+    if plan is not None and plan.gptq:
+        texts = calibration_texts()
+        log(f"collecting GPTQ statistics on {len(texts)} calibration texts (a minute or two)")
+        hessians = collect_hessians(float_model, texts)
+    backend.restore(network, replaced)
 
     if plan is not None:
         config["recipe"] = plan.name
         config["quantization"] = plan.quantization(network)
-        hessians = {}
-        if plan.gptq:
-            texts = calibration_texts()
-            log(f"collecting GPTQ statistics on {len(texts)} calibration texts (a minute or two)")
-            hessians = collect_hessians(float_model, texts)
         precision.quantize(network, config["quantization"])
         gptq.apply(network, ckpt.weights, hessians)
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import _blas, __version__
+from . import __version__
 from .inputs import check_text
 
 # Texts read and embedded per step when embedding a stream: output is written after each.
@@ -514,7 +514,7 @@ def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, a
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path), required=False)
 def info(model: Path | None) -> None:
-    """Versions, backend and device, BLAS in use, and a summary of MODEL if given."""
+    """Versions, backend and device, the CPU kernels, and a summary of MODEL (with its backend plan) if given."""
     import mlx.core as mx
     import numpy as np
     import sentencepiece
@@ -528,8 +528,7 @@ def info(model: Path | None) -> None:
         ("device", str(mx.default_device())),
         ("metal", "available" if mx.metal.is_available() else "not available"),
         ("cuda", "available" if hasattr(mx, "cuda") and mx.cuda.is_available() else "not available"),
-        ("blas", _blas.status),
-        ("cblas_sgemm from", _blas.sgemm_provider() or "MLX's bundled BLAS" if sys.platform == "linux" else "Accelerate"),
+        ("native CPU kernels", _native_summary()),
     ]
     if model is not None:
         from .loading import load
@@ -542,6 +541,8 @@ def info(model: Path | None) -> None:
         size = sum(f.stat().st_size for f in Path(model).expanduser().iterdir() if f.is_file())
         rows += [
             ("model", str(m.path)),
+            ("plan", m.plan.describe()),
+            *(("  because", why) for why in m.plan.reasons),
             ("storage", describe(m.config)),
             ("size on disk", f"{size / 1e6:.1f} MB"),
             ("dims", ", ".join(map(str, m.dims))),
@@ -555,3 +556,11 @@ def info(model: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _native_summary() -> str:
+    from . import native
+
+    if not native.available():
+        return f"not in use: {native.unavailable_reason()}"
+    return f"{native.isa()} (built: {', '.join(native.isas())}), {native.threads()} threads"
