@@ -42,6 +42,26 @@ FORWARD_LOCK = threading.Lock()
 GPU_CACHE_LIMIT = 1 << 30
 
 
+_mlx_used_by: int | None = None  # the process that has run MLX on a device
+
+
+def claim_mlx() -> None:
+    """Note that this process runs MLX; refuse clearly where it cannot, instead of hanging.
+
+    MLX's scheduler threads do not survive fork(): a child forked after its parent ran MLX hangs in its
+    first MLX operation (mlx 0.32; tests/test_api.py shows it). Such a child gets this error instead.
+    """
+    global _mlx_used_by
+    pid = os.getpid()
+    if _mlx_used_by not in (None, pid):
+        raise RuntimeError(
+            "this process was forked from one that had already run MLX, whose threads do not survive fork(); "
+            "MLX would hang here. Start workers with multiprocessing's 'spawn' or 'forkserver' method (or load the "
+            "model only in the workers, e.g. gunicorn without --preload)"
+        )
+    _mlx_used_by = pid
+
+
 @dataclass(frozen=True)
 class Plan:
     device: str  # "cpu" or "gpu"

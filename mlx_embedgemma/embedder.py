@@ -206,6 +206,7 @@ class EmbeddingGemma:
         For callers that tokenize up front, like the server, which counts tokens and checks lengths on
         arrival. Batched by length as ``encode`` does; ``progress`` gets the texts done after each pass.
         """
+        backend.claim_mlx()
         out = np.empty((len(ids), self.network.args.embedding_dim), np.float32)
         lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
         for batch in plan_batches(lengths, batch_size, max_tokens):

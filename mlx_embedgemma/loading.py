@@ -209,6 +209,7 @@ def load(
             f"{args.vocab_size}: the tokenizer belongs to another model; re-convert the model (or copy its own tokenizer back)"
         )
     dtype = precision.DTYPES[compute_dtype]
+    backend.claim_mlx()
     plan = backend.choose(bool(config.get("quantization")), dtype, kernels, threads)
     network, maps = load_network(folder, config, plan)
     return EmbeddingGemma(network, tokenizer, config, folder, dtype, plan, maps, truncate_dim)

@@ -58,8 +58,8 @@ class NativeLinear(nn.Module):
                                 bias, m.group_size, m.bits, N, K))
         N, K = m.weight.shape
         kind = native.BFLOAT16 if m.weight.dtype == mx.bfloat16 else native.FLOAT32
-        weight = host(m.weight) if kind == native.BFLOAT16 else host(m.weight.astype(mx.float32))
-        return cls(_Weights(kind, weight.view(np.uint16) if kind == native.BFLOAT16 else weight, None, None, bias, 0, 0, N, K))
+        weight = host(m.weight.view(mx.uint16) if kind == native.BFLOAT16 else m.weight.astype(mx.float32))
+        return cls(_Weights(kind, weight, None, None, bias, 0, 0, N, K))
 
     @classmethod
     def from_file(cls, file: SafetensorsMap, prefix: str, like: nn.Module) -> "NativeLinear":

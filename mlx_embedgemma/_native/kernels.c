@@ -171,8 +171,9 @@ static struct {
     unsigned long born; /* the generation new workers start from: the next job is theirs */
 } pool = {.run = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .threads = 1};
 
-/* Spin this long for the next job before sleeping: a forward pass issues ~200 calls in a row. */
-#define SPIN_ROUNDS 200000
+/* Spin briefly for the next job before sleeping: a forward pass issues ~200 calls in a row, but a longer
+ * spin steals the core from whatever runs between them (BLAS threads of numpy or torch, MLX). */
+#define SPIN_ROUNDS 2000
 
 static void take_tasks(float **scratch, size_t *capacity) {
     for (;;) {
