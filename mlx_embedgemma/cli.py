@@ -1,4 +1,4 @@
-"""The `mlx-embedgemma` command: convert, embed, serve, index, search, bench, info."""
+"""The `mlx-embedgemma` command: convert, embed, serve, index, search, bench, check, info."""
 
 from __future__ import annotations
 
@@ -388,6 +388,26 @@ def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, a
         click.echo(f"     {snippet}")
     if not hits:
         click.echo("the store holds no chunks", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+def check(model: Path) -> None:
+    """Embed MODEL's probe texts on every device here (CPU, Metal, CUDA) and compare with their float32 reference.
+
+    Prints cosine (mean, min), time and MLX's peak memory per device; exits with 1 when a device falls
+    below the folder's cosine bar. On a Mac, please send us its output (and `bench MODEL --quick`'s).
+    """
+    from . import check as checking
+
+    try:
+        probes, results = checking.run(model)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for line in checking.report(model, probes, results):
+        click.echo(line)
+    if not all(r.passed(probes.bar) for r in results):
+        sys.exit(1)
 
 
 @main.command()

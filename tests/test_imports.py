@@ -22,7 +22,7 @@ HEAVY = [
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
     "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
     # Used by `embed` and the converter: loaded when those run.
-    "mlx_embedgemma.embed_stream", "mlx_embedgemma.durable",
+    "mlx_embedgemma.embed_stream", "mlx_embedgemma.durable", "mlx_embedgemma.check",
 ]
 
 
