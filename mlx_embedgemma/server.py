@@ -163,9 +163,10 @@ class Batcher:
 
         ``batch_wait_ms``, or, while several clients are sending (the last batch held more than one
         request), up to a tenth of the last batch's time (at most 100 ms): clients whose answers have
-        just gone out are about to send again, and on a CPU, where a pass costs ~0.5 s whatever its
-        size, catching them doubles throughput (measured: 16 clients ran in batches of 8 with a 5 ms
-        window, 16 with 50 ms). A lone client never waits longer than ``batch_wait_ms``.
+        just gone out are about to send again, and on a CPU, where a pass costs about the same whatever
+        its size, catching them raises throughput (16 clients, 5 ms against an adaptive window: README
+        "OpenAI-compatible server", records in benchmarks/results/serve-load-linux-x86_64.jsonl). A lone
+        client never waits longer than ``batch_wait_ms``.
         """
         base = self.config.batch_wait_ms / 1000
         if not self.config.adaptive_wait or self._last_batch_requests < 2:
