@@ -116,8 +116,10 @@ class Batcher:
         """Answer every accepted request: new ones get 503; those queued are served for up to ``grace_s``,
         then answered 503; the forward pass under way always finishes and delivers its vectors.
         """
-        assert self._wakeup is not None and self._idle is not None and self._progress is not None
         self.closing = True
+        if self._task is None:  # never started: nothing was accepted
+            return
+        assert self._wakeup is not None and self._idle is not None and self._progress is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while (self.queue or not self._idle.is_set()) and (left := deadline - loop.time()) > 0:
@@ -133,10 +135,11 @@ class Batcher:
                 job.future.set_exception(shutting_down())
         await self._idle.wait()
 
-    async def stop(self, grace_s: float = 0.0) -> None:
-        """Drain (see ``drain``), then end the worker, which waits idle for work that can no longer come."""
+    async def stop(self) -> None:
+        """Answer what is still queued 503 (``make_server`` drains earlier, with a grace), let the pass under
+        way deliver, then end the worker, which waits idle for work that can no longer come."""
+        await self.drain(0)
         if self._task is not None:
-            await self.drain(grace_s)
             self._task.cancel()
             try:
                 await self._task
@@ -194,7 +197,8 @@ class Batcher:
                     break
                 self._wakeup.clear()
             taken = self._take()
-            if not taken:
+            if not taken:  # every job left had lost its client
+                self._pass_over()
                 continue
             ids = [x for job, start, stop in taken for x in job.ids[start:stop]]
             began = loop.time()
@@ -223,6 +227,7 @@ class Batcher:
             self._pass_over()
 
     def _pass_over(self) -> None:
+        """The worker is idle again: tell ``drain``, and wake the worker itself if work is queued."""
         assert self._wakeup is not None and self._idle is not None and self._progress is not None
         self._idle.set()
         self._progress.set()
