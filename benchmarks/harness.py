@@ -434,15 +434,18 @@ def run_child(task: str, job: Job, threads: int) -> Iterator[dict]:
     spec = json.dumps({**asdict(job), "task": task, "spawned_at": time.time()})
     # By path, not `-m`: from a checkout, `-m` would find the source folder `mlx_embedgemma/`, which
     # has no `benchmarks` inside, before the installed package.
-    proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("{"):
-            yield json.loads(line)
-    stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.wait():
-        raise RuntimeError(f"{job.runner} on {job.device} ({task}) failed:\n{stderr[-4000:]}")
+    # stderr goes to a file: a pipe nobody reads until stdout closes blocks a child that logs more than
+    # the pipe's buffer (a few tens of kB) to it, and the parent with it.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errors:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
+                                stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+        if proc.wait():
+            errors.seek(0)
+            raise RuntimeError(f"{job.runner} on {job.device} ({task}) failed:\n{errors.read()[-4000:]}")
 
 
 def available_devices() -> list[str]:

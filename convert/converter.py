@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,10 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_embedgemma import backend
+from mlx_embedgemma import backend, check
 from mlx_embedgemma import community as community_layout
 from mlx_embedgemma import precision
-from mlx_embedgemma.embedder import EmbeddingGemma, TruncationWarning
+from mlx_embedgemma.embedder import EmbeddingGemma
 from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load, weight_problems
 from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -27,7 +26,8 @@ from .calibration import calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
-# Texts the converter embeds with the source and with the result, to show what quantization cost.
+# Texts the converter embeds with the source and with the result, to show what quantization cost;
+# stored with the source's vectors in the folder for `mlx-embedgemma check`.
 PROBES = [
     ("query", "Which planet is known as the Red Planet?"),
     ("document", "Mars, known for its reddish appearance, is often referred to as the Red Planet."),
@@ -97,11 +97,12 @@ def convert(
     float_plan = backend.choose(quantized=False, compute_dtype=mx.float32)
     replaced = backend.apply(float_plan, network)
     float_model = EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32, float_plan)
-    reference = _probe(float_model)
+    probes = [(name if name in float_model.prompts else None, text) for name, text in PROBES]
+    reference = check.embed_probes(float_model, probes)
     hessians = {}
     if plan is not None and plan.gptq:
         texts = calibration_texts()
-        log(f"collecting GPTQ statistics on {len(texts)} calibration texts (a minute or two)")
+        log(f"collecting GPTQ statistics on {len(texts)} calibration texts")
         hessians = collect_hessians(float_model, texts)
     backend.restore(network, replaced)
 
@@ -128,10 +129,11 @@ def convert(
             raise OSError(None, str(e), str(tmp / WEIGHTS_FILE)) from e
         (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")
         del network, ckpt, tensors
-        converted = _probe(load(tmp))
+        converted = check.embed_probes(load(tmp), probes)
         cosines = [float(c) for c in np.sum(reference * converted, axis=1)]
         if not np.all(np.isfinite(cosines)):
             raise RuntimeError("the converted model gives non-finite embeddings; nothing was written")
+        check.write_probes(tmp, probes, reference, cosines)
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
     log(f"probe cosine to the float32 source: mean {np.mean(cosines):.5f}, min {np.min(cosines):.5f} over {len(cosines)} texts")
     return ConversionReport(out, storage, size, cosines)
@@ -174,18 +176,6 @@ def _tokenizer(ckpt: Checkpoint, args: ModelArgs) -> Tokenizer:
             "the tokenizer belongs to another model"
         )
     return tokenizer
-
-
-def _probe(model: EmbeddingGemma) -> np.ndarray:
-    by_prompt: dict[str, list[int]] = {}
-    for i, (name, _) in enumerate(PROBES):
-        by_prompt.setdefault(name if name in model.prompts else "", []).append(i)
-    out = np.empty((len(PROBES), model.network.args.embedding_dim), np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)  # models with short limits cut the long probe
-        for name, rows in by_prompt.items():
-            out[rows] = model.encode([PROBES[i][1] for i in rows], prompt_name=name or None)
-    return out
 
 
 def model_card(config: dict[str, Any], source: str, storage: str) -> str:
