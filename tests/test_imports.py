@@ -21,6 +21,8 @@ HEAVY = [
     # The server, the integrations and the file index: their libraries load only when those are used.
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
     "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
+    # Ray Data (and the pyarrow it brings) only for `embed-dataset` and mlx_embedgemma.integrations.ray.
+    "ray", "pyarrow", "mlx_embedgemma.integrations.ray", "mlx_embedgemma.integrations.ray_files",
 ]
 
 

@@ -1,0 +1,124 @@
+"""Ray Data scale-out on a local Ray instance (2 CPUs, small object store) with the tiny models.
+
+The expected vectors are ``model.encode`` on the same texts in one process: the actors must give
+the same vectors, in input order, with their ids, whatever the number of actors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data")
+import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
+
+from mlx_embedgemma import load  # noqa: E402
+
+TEXTS = [f"document {i}: " + "mars is the red planet " * (i % 4) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def table(out) -> pa.Table:
+    return pa.concat_tables(list(out.iter_batches(batch_format="pyarrow", batch_size=None)))
+
+
+def vectors(t: pa.Table, column: str = "embedding") -> np.ndarray:
+    """The vectors as float32 rows, NaN where the embedding is null."""
+    size = t.schema.field(column).type.list_size
+    return np.array([v if v is not None else [np.nan] * size for v in t[column].to_pylist()], np.float32)
+
+
+@pytest.mark.parametrize("actors", [1, 2])
+@pytest.mark.parametrize("folder", ["tiny_f32", "tiny_q4"])
+def test_vectors_equal_encode_in_order_with_ids(local_ray, request, folder, actors):
+    from mlx_embedgemma.integrations.ray import embed_dataset
+
+    path = request.getfixturevalue(folder)
+    ids = [f"doc-{i:03d}" for i in range(len(TEXTS))]
+    ds = ray.data.from_items([{"id": i, "text": t, "lang": "en"} for i, t in zip(ids, TEXTS)])
+    out = table(embed_dataset(ds, path, prompt_name="document", actors=actors, batch_size=8, keep_columns=["lang"]))
+    assert out.column_names == ["id", "lang", "embedding", "error"]
+    assert out["id"].to_pylist() == ids
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 64)
+    assert out["error"].null_count == len(TEXTS)
+    np.testing.assert_allclose(vectors(out), load(path).encode(TEXTS, prompt_name="document"), atol=2e-6)
+
+
+def test_a_row_that_cannot_be_embedded_is_reported_with_its_id(local_ray, tiny_f32):
+    from mlx_embedgemma.integrations.ray import embed_dataset
+
+    texts = ["mars", None, "venus", "bad \udc80 text", "jupiter"]
+    ds = ray.data.from_items([{"id": i * 10, "text": t} for i, t in enumerate(texts)])
+    out = table(embed_dataset(ds, tiny_f32, actors=2, batch_size=2))
+    assert out["id"].to_pylist() == [0, 10, 20, 30, 40]  # nothing dropped, order kept
+    errors = out["error"].to_pylist()
+    assert errors[0] is None and errors[2] is None and errors[4] is None
+    assert "text is NoneType, not str" in errors[1]
+    assert "lone surrogate U+DC80" in errors[3]
+    assert out["embedding"].to_pylist()[1] is None and out["embedding"].to_pylist()[3] is None
+    good = [0, 2, 4]
+    np.testing.assert_allclose(vectors(out)[good], load(tiny_f32).encode([texts[i] for i in good]), atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype, arrow, scale", [("float16", pa.float16(), 1.0), ("int8", pa.int8(), 127.0)])
+def test_dim_and_storage_dtype(local_ray, tiny_matryoshka, dtype, arrow, scale):
+    from mlx_embedgemma.integrations.ray import embed_dataset
+
+    ds = ray.data.from_items([{"id": i, "body": t} for i, t in enumerate(TEXTS[:6])])
+    out = table(embed_dataset(ds, tiny_matryoshka, text_column="body", dim=32, dtype=dtype))
+    assert out.schema.field("embedding").type == pa.list_(arrow, 32)
+    expected = load(tiny_matryoshka).encode(TEXTS[:6], dim=32)
+    # Within half a step of the storage type (float16 near 1: 2**-11).
+    np.testing.assert_allclose(vectors(out).astype(np.float32) / scale, expected, atol=0.5 / scale if dtype == "int8" else 5e-4)
+
+
+def test_bad_arguments_fail_before_anything_runs(local_ray, tiny_matryoshka):
+    from mlx_embedgemma.integrations.ray import embed_dataset
+
+    ds = ray.data.from_items([{"id": 1, "text": "mars"}])
+    with pytest.raises(ValueError, match="no column 'body'.*its columns: id, text"):
+        embed_dataset(ds, tiny_matryoshka, text_column="body")
+    with pytest.raises(ValueError, match="no column 'doc_id'"):
+        embed_dataset(ds, tiny_matryoshka, id_column="doc_id")
+    with pytest.raises(ValueError, match="64, 32, 16"):
+        embed_dataset(ds, tiny_matryoshka, dim=100)
+    with pytest.raises(ValueError, match="unknown prompt_name"):
+        embed_dataset(ds, tiny_matryoshka, prompt_name="nope")
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16, int8"):
+        embed_dataset(ds, tiny_matryoshka, dtype="bfloat16")
+    with pytest.raises(ValueError, match="output column names \\['embedding'\\]"):
+        embed_dataset(ray.data.from_items([{"id": 1, "text": "a", "embedding": 0}]), tiny_matryoshka, keep_columns=["embedding"])
+
+
+def test_actors_get_their_share_of_the_cores(local_ray, tiny_f32):
+    """Each actor sees its thread count in the environment its libraries read at start-up."""
+    from mlx_embedgemma.integrations.ray import THREAD_VARS, EmbedBatch, embed_dataset
+
+    seen = []
+
+    class Probe(EmbedBatch):
+        def __call__(self, batch):
+            import os
+
+            return {"env": np.array([",".join(os.environ.get(v, "-") for v in THREAD_VARS)] * len(batch["text"]))}
+
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:8])])
+    import mlx_embedgemma.integrations.ray as module
+
+    original = module.EmbedBatch
+    module.EmbedBatch = Probe
+    try:
+        for actors, expected in [(1, "2"), (2, "1")]:
+            out = embed_dataset(ds, tiny_f32, actors=actors, batch_size=4)
+            seen.append((actors, set(out.to_pandas()["env"])))
+            assert seen[-1][1] == {",".join([expected] * len(THREAD_VARS))}, seen
+    finally:
+        module.EmbedBatch = original
