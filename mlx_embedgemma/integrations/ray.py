@@ -47,6 +47,7 @@ def embed_dataset(
     threads: int | None = None,
     batch_size: int = 256,
     keep_columns: Sequence[str] = (),
+    added_columns: Sequence[str] = (),
     embedding_column: str = "embedding",
     error_column: str = "error",
 ) -> "Dataset":
@@ -61,7 +62,8 @@ def embed_dataset(
     ``batch_size`` rows at a time; each gets ``threads`` cores (default: the cluster's CPUs divided
     by ``actors``), set as its BLAS and runtime thread count before the model loads; between them the
     actors reserve all of Ray's CPUs but one, which Ray Data's read and split tasks use.
-    Prompt name, dim and column names are checked here, before anything runs.
+    Prompt name, dim and column names are checked here, before anything runs (``added_columns``: columns
+    the caller's reader added, such as a file path, left out of the error message's list of columns).
     """
     from ..loading import load
 
@@ -73,7 +75,7 @@ def embed_dataset(
     m = load(path)
     m.prompt_prefix(prompt_name, None)
     dim = m.check_dim(dim) if dim is not None else m.embedding_dim
-    _check_columns(ds, [text_column, *([id_column] if id_column else []), *keep_columns])
+    _check_columns(ds, [text_column, *([id_column] if id_column else []), *keep_columns], added=added_columns)
     taken = {text_column, id_column, *keep_columns} & {embedding_column, error_column}
     if taken:
         raise ValueError(f"output column names {sorted(taken)} are input columns too: choose another embedding_column/error_column")
@@ -99,13 +101,13 @@ def embed_dataset(
     return out
 
 
-def _check_columns(ds: "Dataset", wanted: list[str]) -> None:
+def _check_columns(ds: "Dataset", wanted: list[str], added: Sequence[str]) -> None:
     schema = ds.schema()
-    have = list(schema.names) if schema is not None else []
-    missing = [c for c in wanted if c not in have]
+    have = [c for c in (schema.names if schema is not None else []) if c not in added]
+    missing = [c for c in wanted if c not in have and c not in added]
     if missing:
-        raise ValueError(f"the dataset has no column {', '.join(map(repr, missing))} (its columns: {', '.join(have) or 'none'}); "
-                         "name the right ones with text_column= / id_column= (id_column=None for none)")
+        raise ValueError(f"the input has no column {', '.join(map(repr, missing))} (its columns: {', '.join(have) or 'none'}); "
+                         "name its text and id columns (text_column= and id_column=, or --text-column and --id-column)")
 
 
 class EmbedBatch:
