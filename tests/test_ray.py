@@ -203,3 +203,35 @@ def test_embed_dataset_refuses_bad_input_with_the_fix(local_ray, tiny_f32, tmp_p
     result = embed_dataset_cli(tmp_path / "missing", tmp_path / "out", "--model", tiny_f32)
     assert result.exit_code != 0 and "does not exist" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- benchmarks/ray_scale.py -----------------------------------------------------------------------
+
+
+def test_scale_corpus_has_the_asked_lengths(tiny_f32):
+    from mlx_embedgemma.benchmarks.ray_scale import make_corpus
+
+    model = load(tiny_f32)
+    texts = make_corpus(model, 30, 40)
+    assert len(texts) == 30 and len(set(texts)) == 30
+    lengths = model.count_tokens(texts, prompt_name="document")
+    assert all(32 <= n <= 40 for n in lengths), lengths
+    assert make_corpus(model, 30, 40) == texts  # the same corpus on every run
+
+
+def test_scale_benchmark_records_each_runner(tiny_f32, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ray_scale.py"
+    out = tmp_path / "scale.jsonl"
+    subprocess.run([sys.executable, str(script), str(tiny_f32), "--count", "24", "--tokens", "40", "--files", "3",
+                    "--actors", "2", "--output", str(out)], check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["runner"], r["actors"]) for r in records] == [("embed", None), ("embed-dataset", 2)]
+    for r in records:
+        assert r["corpus"]["texts"] == 24 and r["corpus"]["tokens_max"] <= 40 and r["seconds"] > 0
+        assert r["fingerprint"]["model_hash"] and r["kind"] == "scale"
+    assert records[1]["max_abs_diff_vs_embed"] < 1e-5 and records[1]["threads_per_actor"] >= 1

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import ray
+import ray.data
 
 from ..inputs import check_text
 
@@ -93,7 +94,7 @@ def embed_dataset(
             model=str(path), text_column=text_column, pass_columns=[c for c in (id_column, *keep_columns) if c],
             prompt_name=prompt_name, dim=dim, dtype=dtype, embedding_column=embedding_column, error_column=error_column,
         ),
-        batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=reserved,
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=reserved,
         runtime_env={"env_vars": {name: str(threads) for name in THREAD_VARS}},
     )
     # Actors finish blocks out of order; ids must come back in the order they went in.
