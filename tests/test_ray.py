@@ -98,30 +98,21 @@ def test_bad_arguments_fail_before_anything_runs(local_ray, tiny_matryoshka):
         embed_dataset(ray.data.from_items([{"id": 1, "text": "a", "embedding": 0}]), tiny_matryoshka, keep_columns=["embedding"])
 
 
-def test_actors_get_their_share_of_the_cores(local_ray, tiny_f32):
-    """Each actor sees its thread count in the environment its libraries read at start-up."""
-    from mlx_embedgemma.integrations.ray import THREAD_VARS, EmbedBatch, embed_dataset
+def test_actors_get_their_share_of_the_cores(local_ray, tiny_f32, monkeypatch):
+    """Each actor's environment, which its libraries read at start-up, holds its thread count: 2 cores / actors."""
+    import mlx_embedgemma.integrations.ray as module
 
-    seen = []
-
-    class Probe(EmbedBatch):
+    class Probe(module.EmbedBatch):
         def __call__(self, batch):
             import os
 
-            return {"env": np.array([",".join(os.environ.get(v, "-") for v in THREAD_VARS)] * len(batch["text"]))}
+            return {"env": np.array([",".join(os.environ.get(v, "-") for v in module.THREAD_VARS)] * len(batch["text"]))}
 
+    monkeypatch.setattr(module, "EmbedBatch", Probe)
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:8])])
-    import mlx_embedgemma.integrations.ray as module
-
-    original = module.EmbedBatch
-    module.EmbedBatch = Probe
-    try:
-        for actors, expected in [(1, "2"), (2, "1")]:
-            out = embed_dataset(ds, tiny_f32, actors=actors, batch_size=4)
-            seen.append((actors, set(out.to_pandas()["env"])))
-            assert seen[-1][1] == {",".join([expected] * len(THREAD_VARS))}, seen
-    finally:
-        module.EmbedBatch = original
+    for actors, threads in [(1, "2"), (2, "1")]:
+        seen = set(module.embed_dataset(ds, tiny_f32, actors=actors, batch_size=4).to_pandas()["env"])
+        assert seen == {",".join([threads] * len(module.THREAD_VARS))}, (actors, seen)
 
 
 # --- mlx-embedgemma embed-dataset ------------------------------------------------------------------
