@@ -66,6 +66,10 @@ def test_a_row_that_cannot_be_embedded_is_reported_with_its_id(local_ray, tiny_f
     assert out["embedding"].to_pylist()[1] is None and out["embedding"].to_pylist()[3] is None
     good = [0, 2, 4]
     np.testing.assert_allclose(vectors(out)[good], load(tiny_f32).encode([texts[i] for i in good]), atol=2e-6)
+    # A column of numbers: every row reported, none dropped.
+    out = table(embed_dataset(ray.data.from_items([{"id": i, "text": i * 1.5} for i in range(3)]), tiny_f32))
+    assert out["id"].to_pylist() == [0, 1, 2] and out["embedding"].null_count == 3
+    assert all(e.startswith("text is float") and "not str: pass only strings" in e for e in out["error"].to_pylist())
 
 
 @pytest.mark.parametrize("dtype, arrow, scale", [("float16", pa.float16(), 1.0), ("int8", pa.int8(), 127.0)])
