@@ -108,15 +108,28 @@ def test_actors_get_their_share_of_the_cores(local_ray, tiny_f32, monkeypatch):
 
     class Probe(module.EmbedBatch):
         def __call__(self, batch):
+            import ctypes
             import os
 
-            return {"env": np.array([",".join(os.environ.get(v, "-") for v in module.THREAD_VARS)] * len(batch["text"]))}
+            from mlx_embedgemma import _blas
 
+            # What OpenBLAS itself runs with, once the model has loaded and embedded (-1: another BLAS).
+            self.model.encode(["mars"])
+            provider = _blas.sgemm_provider()
+            blas = ctypes.CDLL(provider).openblas_get_num_threads() if provider and "openblas" in provider else -1
+            env = ",".join(os.environ.get(v, "-") for v in module.THREAD_VARS)
+            return {"env": np.array([env] * len(batch["text"])), "blas": np.full(len(batch["text"]), blas)}
+
+    from mlx_embedgemma import _blas
+
+    load(tiny_f32)  # binds MLX's BLAS in this process too, so the next line says what the actors get
+    openblas = "openblas" in (_blas.sgemm_provider() or "")
     monkeypatch.setattr(module, "EmbedBatch", Probe)
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:8])])
-    for actors, threads in [(1, "2"), (2, "1")]:
-        seen = set(module.embed_dataset(ds, tiny_f32, actors=actors, batch_size=4).to_pandas()["env"])
-        assert seen == {",".join([threads] * len(module.THREAD_VARS))}, (actors, seen)
+    for actors, threads in [(1, 2), (2, 1)]:
+        seen = module.embed_dataset(ds, tiny_f32, actors=actors, batch_size=4).to_pandas()
+        assert set(seen["env"]) == {",".join([str(threads)] * len(module.THREAD_VARS))}, (actors, seen)
+        assert set(seen["blas"]) == ({threads} if openblas else {-1}), (actors, seen)
 
 
 # --- mlx-embedgemma embed-dataset ------------------------------------------------------------------
