@@ -1,4 +1,4 @@
-"""The `mlx-embedgemma` command: convert, embed, serve, index, search, bench, check, info."""
+"""The `mlx-embedgemma` command: convert, embed, embed-dataset, serve, index, search, bench, check, info."""
 
 from __future__ import annotations
 
@@ -115,6 +115,61 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
 def _progress(vectors: Iterator) -> Iterator:
     with click.progressbar(vectors, label="embedding", file=sys.stderr, hidden=not sys.stderr.isatty()) as bar:
         yield from bar
+
+
+@main.command("embed-dataset")
+@click.argument("input_path", metavar="INPUT")
+@click.argument("output", metavar="OUTPUT")
+@click.option("--model", type=click.Path(path_type=Path), required=True, help="Model folder (at the same path on every node of a cluster).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help="Column that names each row in the output and in error reports; '' for none.")
+@click.option("--prompt-name", default="document", show_default=True, help="Task prompt (see `info MODEL`); '' for none.")
+@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size [default: the full size].")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "int8"]), default="float32", show_default=True,
+              help="How vectors are stored (int8: round(127 * v)).")
+@click.option("--format", "output_format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True,
+              help="Output file format.")
+@click.option("--actors", type=click.IntRange(1), default=1, show_default=True, help="Processes that each load the model and embed.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads per actor [default: Ray's CPUs divided by --actors].")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Rows an actor embeds per call.")
+@click.option("--address", default=None, help="An existing Ray cluster (e.g. ray://head:10001 or auto) [default: start a local Ray].")
+def embed_dataset(input_path: str, output: str, model: Path, text_column: str, id_column: str, prompt_name: str,
+                  dim: int | None, dtype: str, output_format: str, actors: int, threads: int | None, batch_size: int,
+                  address: str | None) -> None:
+    """Embed the text column of INPUT's Parquet or JSONL files into one file per input file in OUTPUT.
+
+    INPUT is a file or folder, OUTPUT a folder: local paths or URIs pyarrow reads (s3://, gs://, ...).
+    Output rows keep the input's order and ids: id, embedding (a fixed-size list), error (why a row
+    could not be embedded; its embedding is then null). Each output file appears only once complete,
+    so a rerun skips the input files whose output exists. Needs `pip install 'mlx-embedgemma[ray]'`.
+    """
+    try:
+        import ray
+
+        from .integrations.ray_files import embed_files
+    except ImportError as e:
+        raise click.ClickException(f"embed-dataset needs Ray Data ({e}): pip install 'mlx-embedgemma[ray]'") from None
+    started = not ray.is_initialized()  # a caller's own Ray session is used as is, and left running
+    if started:
+        ray.init(address=address, include_dashboard=False if address is None else None)
+    try:
+        report = embed_files(
+            input_path, output, model, text_column=text_column, id_column=id_column or None, prompt_name=prompt_name or None,
+            dim=dim, dtype=dtype, actors=actors, threads=threads, batch_size=batch_size, output_format=output_format,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if started:
+            ray.shutdown()
+    for src, row_id, error in report.failures[:10]:
+        row = f"row {id_column}={row_id!r}" if id_column else "a row"
+        click.echo(f"{src}: {row} not embedded: {error}", err=True)
+    if report.failed:
+        click.echo(f"{report.failed} rows could not be embedded: their embedding is null and the output's "
+                   f"'error' column says why", err=True)
+    click.echo(f"embedded {report.rows} rows into {len(report.embedded)} files; {len(report.skipped)} files already complete")
 
 
 class _BenchGroup(click.Group):

@@ -23,6 +23,8 @@ HEAVY = [
     "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
     # Used by `embed` and the converter: loaded when those run.
     "mlx_embedgemma.embed_stream", "mlx_embedgemma.durable", "mlx_embedgemma.check",
+    # Ray Data (and the pyarrow it brings) only for `embed-dataset` and mlx_embedgemma.integrations.ray.
+    "ray", "pyarrow", "mlx_embedgemma.integrations.ray", "mlx_embedgemma.integrations.ray_files",
 ]
 
 
