@@ -5,7 +5,7 @@ MLX's CPU or GPU, sentence-transformers, llama.cpp), streams their records into 
 JSONL file, and adds the fingerprint of what they ran on. Memory and cold start are measured in a
 fresh child per scenario, so nothing an earlier measurement allocated counts against them.
 
-Every record has ``kind`` (latency, throughput, memory, accuracy, downstream, quality, import), ``runner``,
+Every record has ``kind`` (latency, throughput, memory, accuracy, overhead, downstream, quality, import), ``runner``,
 ``device``, ``dim`` and ``fingerprint``; the rest depends on the kind (see ``tests/test_bench.py``).
 """
 
@@ -26,57 +26,12 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_embedgemma.benchmarks import fingerprint, quality
+from mlx_embedgemma.benchmarks.measure import (
+    BATCHES, DOC_TOKENS, QUERY, Encoder, Job, Settings, accuracy, measure_speed, timed,
+)
 from mlx_embedgemma.benchmarks.memory import make_texts, peak_rss_mb
 
-QUERY = "Which planet is known as the Red Planet?"  # 18 tokens with the query prompt, <bos> and <eos>
-DOC_TOKENS = (128, 512)
-BATCHES = (1, 8, 32)
-
-
-@dataclass
-class Settings:
-    """How long each measurement runs; ``--quick`` takes the short column."""
-
-    latency_runs: int = 100
-    warmup_runs: int = 5
-    throughput_repeats: int = 3
-    memory_docs: int = 256
-    index_vectors: int = 100_000
-    search_runs: int = 100
-    index_sizes_for: int = 1_000_000  # index size is reported for this many vectors
-
-    @classmethod
-    def quick(cls) -> "Settings":
-        return cls(latency_runs=30, warmup_runs=3, throughput_repeats=1, memory_docs=32, search_runs=30)
-
-
-@dataclass
-class Job:
-    """What one child process measures (passed to it as JSON)."""
-
-    runner: str
-    device: str  # "cpu" or "gpu"
-    model: str  # MLX folder, sentence-transformers folder or GGUF file
-    variant: str  # storage of the model: "q4-mixed", "float32", "GGUF Q4_0", ...
-    dims: list[int]
-    threads: int
-    settings: dict[str, Any]
-    texts_file: str
-    reference_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------- children
-
-
-class Encoder:
-    """The interface the measuring code needs from every runner: embed texts with a task prompt."""
-
-    name = ""
-    version = ""
-
-    def encode(self, texts: list[str], prompt_name: str, dim: int) -> np.ndarray:
-        raise NotImplementedError
 
 
 class MLXEncoder(Encoder):
@@ -84,83 +39,42 @@ class MLXEncoder(Encoder):
 
     def __init__(self, job: Job):
         mx.set_default_device(mx.gpu if job.device == "gpu" else mx.cpu)
-        self.model = mlx_embedgemma.load(job.model)
+        self.model = mlx_embedgemma.load(job.model, kernels=job.extra.get("kernels", "auto"), threads=job.threads)
         self.version = mlx_embedgemma.__version__
 
     def encode(self, texts, prompt_name, dim):
         return self.model.encode(texts, prompt_name=prompt_name, dim=dim, batch_size=max(1, len(texts)))
 
+    def describe(self) -> dict:
+        plan = self.model.plan
+        return {"kernel": fingerprint.kernel(plan), "plan": plan.describe()}
+
+    def overhead(self, texts: dict, dim: int) -> Iterator[dict]:
+        """``encode`` against a bare forward pass of the same padded batch (tokens already made, nothing after).
+
+        The ratio is what the API adds to the network: tokenizing, batching, the plan's work between passes
+        and the copy back to numpy. Measured for the query and for 32 documents of 128 tokens.
+        """
+        m = self.model
+        for label, batch, prompt in (("query", [QUERY], "query"), ("32 x 128", texts["docs128"][:32], "document")):
+            ids = m.tokenizer.encode([m.prompt_prefix(prompt, None) + t for t in batch]).ids
+            if len(ids) * max(map(len, ids)) > m.plan.max_batch_tokens:
+                ids = ids[: max(1, m.plan.max_batch_tokens // max(map(len, ids)))]
+                batch = batch[: len(ids)]
+            width = max(map(len, ids))
+            tokens = mx.array([x + [0] * (width - len(x)) for x in ids])
+            valid = mx.array([[i < len(x) for i in range(width)] for x in ids])
+            forward = lambda: mx.eval(m.network(tokens, valid, m.compute_dtype))  # noqa: E731
+            encode = lambda: m.encode(batch, prompt_name=prompt, dim=dim, batch_size=len(batch))  # noqa: E731
+            forward(), encode()
+            runs = 5 if label == "query" else 2
+            f = min(timed(forward) for _ in range(runs))
+            e = min(timed(encode) for _ in range(runs))
+            yield {"kind": "overhead", "dim": dim, "workload": label, "texts": len(batch), "forward_s": round(f, 4),
+                   "encode_s": round(e, 4), "ratio": round(e / f, 3)}
+
     def peak_mlx_mb(self) -> float:
         return mx.get_peak_memory() / 2**20
-
-
-def make_encoder(job: Job) -> Encoder:
-    if job.runner == "mlx-embedgemma":
-        return MLXEncoder(job)
-    from mlx_embedgemma.benchmarks import peers
-
-    return peers.make(job)
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def measure_speed(job: Job) -> Iterator[dict]:
-    s = Settings(**job.settings)
-    texts = json.loads(Path(job.texts_file).read_text(encoding="utf-8"))
-    encoder = make_encoder(job)
-    yield {"kind": "runner", "runner_version": encoder.version}
-    for dim in job.dims:
-        for _ in range(s.warmup_runs):
-            encoder.encode([QUERY], "query", dim)
-        times = np.array([timed(lambda: encoder.encode([QUERY], "query", dim)) for _ in range(s.latency_runs)]) * 1000
-        yield {
-            "kind": "latency", "dim": dim, "tokens": texts["query_tokens"], "runs": s.latency_runs,
-            "p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "min_ms": round(float(times.min()), 2),
-        }
-        for tokens in DOC_TOKENS:
-            docs = texts[f"docs{tokens}"]
-            for batch in BATCHES:
-                encoder.encode(docs[: min(batch, 8)], "document", dim)  # warm-up at this length
-                seconds = [timed(lambda: encoder.encode(docs[:batch], "document", dim)) for _ in range(s.throughput_repeats)]
-                best = float(np.median(seconds))
-                yield {
-                    "kind": "throughput", "dim": dim, "doc_tokens": tokens, "batch": batch, "repeats": len(seconds),
-                    "seconds": round(best, 4), "texts_per_s": round(batch / best, 3), "tokens_per_s": round(batch * tokens / best, 1),
-                }
-    if job.reference_dir:
-        full = max(job.dims)
-        record = accuracy(lambda texts, name: encoder.encode(texts, name, full), Path(job.reference_dir), full)
-        if record:
-            yield record
-    yield {"kind": "process", "peak_rss_mb": round(peak_rss_mb(), 1)}
-
-
-def accuracy(encode: Callable[[list[str], str], np.ndarray], reference_dir: Path, dim: int) -> dict | None:
-    """Cosine to the reference embeddings (sentence-transformers float32) on their own texts and prompts.
-
-    ``encode(texts, prompt_name)`` gives full-size embeddings; the 2,331-token row is truncated, as in
-    the reference, so truncation warnings are silenced.
-    """
-    import warnings
-
-    reference = np.load(reference_dir / "public.npy")
-    if reference.shape[1] != dim:
-        return None  # another model than the reference's (the tests' tiny one)
-    rows = [json.loads(line) for line in (reference_dir / "public.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    ours = np.zeros_like(reference)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in sorted({r["prompt_name"] for r in rows}):
-            index = [i for i, r in enumerate(rows) if r["prompt_name"] == name]
-            ours[index] = encode([rows[i]["text"] for i in index], name)
-    cosine = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1)
-    return {"kind": "accuracy", "dim": reference.shape[1], "rows": len(rows),
-            "mean_cosine": round(float(cosine.mean()), 5), "min_cosine": round(float(cosine.min()), 5)}
 
 
 def measure_memory(job: Job, scenario: str, spawned_at: float) -> dict:
@@ -196,7 +110,7 @@ def child_main(spec: str) -> None:
     task = job_dict.pop("task")
     spawned_at = job_dict.pop("spawned_at")
     job = Job(**job_dict)
-    records = measure_speed(job) if task == "speed" else [measure_memory(job, task, spawned_at)]
+    records = measure_speed(job, MLXEncoder(job)) if task == "speed" else [measure_memory(job, task, spawned_at)]
     for record in records:
         print(json.dumps(record), flush=True)
 
@@ -319,6 +233,8 @@ def describe(r: dict) -> str:
     if kind == "import":
         return (f"import mlx_embedgemma: {r['import_ms']:.0f} ms, RSS {r['rss_mb']:.0f} MB "
                 f"(bare Python {r['python_rss_mb']:.0f} MB), {r['modules']} modules")
+    if kind == "overhead":
+        return f"encode / bare forward ({r['workload']}): {r['ratio']:.2f} ({r['encode_s']:.3f} s / {r['forward_s']:.3f} s)"
     if kind == "process":
         return f"peak RSS of the whole run {r['peak_rss_mb']:.0f} MB"
     return kind
@@ -340,6 +256,7 @@ class Run:
     cache_dir: Path
     quality: bool = True
     quality_from_cache_only: bool = False
+    kernels: list[str] = field(default_factory=lambda: ["auto"])
 
     def jobs(self, texts_file: Path) -> list[tuple[str, Job]]:
         from mlx_embedgemma.precision import describe as storage
@@ -351,11 +268,15 @@ class Run:
                       reference_dir=str(self.reference_dir) if self.reference_dir else None)
         jobs: list[tuple[str, Job]] = []
         for device in self.devices:
-            ours = Job("mlx-embedgemma", device, str(self.model), variant, list(self.dims), **common)
-            jobs.append(("speed", ours))
-            for dim in self.dims:
-                for scenario in ("query", "docs128"):
-                    jobs.append((scenario, Job("mlx-embedgemma", device, str(self.model), variant, [dim], **common)))
+            # `--kernels native,mlx`: the plans side by side, each in its own processes (the GPU has one plan)
+            for kernels in (self.kernels if device == "cpu" else ["auto"]):
+                label = variant if kernels == "auto" else f"{variant} [{kernels}]"
+                extra = {"kernels": kernels}
+                jobs.append(("speed", Job("mlx-embedgemma", device, str(self.model), label, list(self.dims), **common, extra=dict(extra))))
+                for dim in self.dims:
+                    for scenario in ("query", "docs128"):
+                        jobs.append((scenario, Job("mlx-embedgemma", device, str(self.model), label, [dim], **common,
+                                                   extra=dict(extra))))
             if "sentence-transformers" in self.peers and self.st_model:
                 jobs.append(("speed", Job("sentence-transformers", device, str(self.st_model), "float32", full, **common)))
             if "llama.cpp" in self.peers:
@@ -364,7 +285,8 @@ class Run:
         return jobs
 
     def expected_records(self, jobs: list[tuple[str, Job]]) -> int:
-        per_speed_job = lambda j: 2 + len(j.dims) * (1 + len(DOC_TOKENS) * len(BATCHES)) + bool(j.reference_dir)
+        per_speed_job = lambda j: (2 + len(j.dims) * (1 + len(DOC_TOKENS) * len(BATCHES)) + bool(j.reference_dir)
+                                   + 2 * (j.runner == "mlx-embedgemma"))
         n = sum(per_speed_job(j) if task == "speed" else 1 for task, j in jobs)
         return n + 1 + len(self.dims) + (2 * len(self.dims) if self.quality and self.data_dir else 0)
 
@@ -381,10 +303,12 @@ class Run:
                 if job is not None:
                     record = {"runner": job.runner, "variant": job.variant, "device": device, "dim": job.dims[0], **record}
                     record.setdefault("threads", job.threads)
-                key = (device, record.get("runner"))
+                key = (device, record.get("runner"), record.get("variant"))
                 if key not in prints:
                     prints[key] = fingerprint.fingerprint(mx.Device(mx.gpu if device == "gpu" else mx.cpu), self.threads,
                                                           self.model, record.get("variant"))
+                    if job is not None:  # what the child says ran the model
+                        prints[key].update({k: job.extra[k] for k in ("kernel", "plan") if k in job.extra})
                 record["fingerprint"] = prints[key]
                 records.append(record)
                 table.row(record)
@@ -396,7 +320,9 @@ class Run:
             for task, job in jobs:
                 for record in run_child(task, job, self.threads):
                     if record["kind"] == "runner":
-                        job.extra["runner_version"] = record["runner_version"]
+                        job.extra.update({k: v for k, v in record.items() if k != "kind"})
+                        continue
+                    if record["kind"] == "isolation":  # peer_child.py checked it never imported this package
                         continue
                     record["runner_version"] = job.extra.get("runner_version")
                     emit(record, job, job.device)
@@ -437,7 +363,9 @@ def run_child(task: str, job: Job, threads: int) -> Iterator[dict]:
     # stderr goes to a file: a pipe nobody reads until stdout closes blocks a child that logs more than
     # the pipe's buffer (a few tens of kB) to it, and the parent with it.
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errors:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
+        # Peers run from peer_child.py, which never imports this package.
+        script = [__file__, "--child"] if job.runner == "mlx-embedgemma" else [str(Path(__file__).with_name("peer_child.py"))]
+        proc = subprocess.Popen([sys.executable, *script, spec],
                                 stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_embedgemma.benchmarks.harness import Encoder, Job
+from measure import Encoder, Job  # by path, from peer_child.py: this package is never imported here
 
 
-class SentenceTransformersEncoder(Encoder):
+class PeerEncoder(Encoder):
+    kernel = ""
+
+    def describe(self) -> dict:
+        return {"kernel": self.kernel}
+
+
+class SentenceTransformersEncoder(PeerEncoder):
     name = "sentence-transformers"
 
     def __init__(self, job: Job):
@@ -30,13 +37,14 @@ class SentenceTransformersEncoder(Encoder):
             device = "mps" if torch.backends.mps.is_available() else "cuda"
         self.model = sentence_transformers.SentenceTransformer(job.model, device=device, local_files_only=True)
         self.version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"
+        self.kernel = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
     def encode(self, texts, prompt_name, dim):
         out = self.model.encode(texts, prompt_name=prompt_name, batch_size=max(1, len(texts)), convert_to_numpy=True)
         return _truncate(np.asarray(out, np.float32), dim)
 
 
-class LlamaCppEncoder(Encoder):
+class LlamaCppEncoder(PeerEncoder):
     """llama.cpp adds no task prompts: the MLX folder's are prepended here, as sentence-transformers does."""
 
     name = "llama.cpp"
@@ -50,6 +58,7 @@ class LlamaCppEncoder(Encoder):
         )
         self.prompts = json.loads(Path(job.texts_file).read_text(encoding="utf-8"))["prompts"]
         self.version = f"llama-cpp-python {llama_cpp.__version__}"
+        self.kernel = f"llama.cpp ({job.threads} threads)"
 
     def encode(self, texts, prompt_name, dim):
         prefix = self.prompts[prompt_name]

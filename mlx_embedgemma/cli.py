@@ -216,8 +216,10 @@ def _installed(module: str) -> bool:
 @click.option("--shared", "shared", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with eval/ and reference/ [default: ../shared or $EMBEDGEMMA_SHARED].")
 @click.option("--no-quality", is_flag=True, help="Skip STS and retrieval scores.")
+@click.option("--kernels", default="auto", show_default=True,
+              help="CPU plans to measure side by side, comma-separated: auto, native (the compiled kernels), mlx (MLX's own ops).")
 def bench_run(model: Path, device: str, dims: str | None, output: Path | None, quick: bool, threads: int | None, peers: str,
-              st_model: Path | None, ggufs: tuple[Path, ...], shared: Path | None, no_quality: bool) -> None:
+              st_model: Path | None, ggufs: tuple[Path, ...], shared: Path | None, no_quality: bool, kernels: str) -> None:
     """Latency, throughput, memory, downstream cost and quality of MODEL per dim and device, beside its peers."""
     from .benchmarks import harness
     from .loading import load
@@ -260,6 +262,11 @@ def bench_run(model: Path, device: str, dims: str | None, output: Path | None, q
     for what in skipped:
         click.echo(f"skipping {what}", err=True)
 
+    from .backend import KERNEL_CHOICES
+
+    plans = [k.strip() for k in kernels.split(",") if k.strip()]
+    if not plans or any(k not in KERNEL_CHOICES for k in plans):
+        raise click.BadParameter(f"choose among {', '.join(KERNEL_CHOICES)}, comma-separated", param_hint="--kernels")
     settings = harness.Settings.quick() if quick else harness.Settings()
     run = harness.Run(
         model=model.expanduser().resolve(), devices=devices, dims=sizes, output=output, settings=settings,
@@ -267,7 +274,7 @@ def bench_run(model: Path, device: str, dims: str | None, output: Path | None, q
         data_dir=shared / "eval" if shared and (shared / "eval").is_dir() else None,
         reference_dir=shared / "reference" if shared and (shared / "reference").is_dir() else None,
         cache_dir=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-embedgemma" / "bench",
-        quality=not no_quality, quality_from_cache_only=quick,
+        quality=not no_quality, quality_from_cache_only=quick, kernels=plans,
     )
     try:
         records = run.execute()

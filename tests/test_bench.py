@@ -13,7 +13,7 @@ from mlx_embedgemma.cli import main
 
 FINGERPRINT_KEYS = {
     "schema", "package", "git_commit", "mlx", "backend", "device_name", "os", "machine", "python", "cores",
-    "blas", "threads", "blas_threads", "model_hash", "random_weights", "storage", "date",
+    "kernel", "plan", "threads", "model_hash", "random_weights", "storage", "date",
 }
 REFERENCE_TEXTS = [("query", "which planet is red?"), ("document", "mars is the red planet"), ("STS", "hello world")]
 
@@ -61,6 +61,25 @@ def test_every_record_carries_the_fingerprint(bench_records, tiny_f32):
         assert set(f) == FINGERPRINT_KEYS
         assert f["backend"] == "cpu" and f["threads"] == 1 and f["cores"] >= 1 and f["device_name"]
         assert f["model_hash"] == model_hash(tiny_f32) and f["random_weights"] is False
+
+
+def test_fingerprints_name_the_kernel_that_ran(bench_records):
+    from mlx_embedgemma import native
+
+    _, records = bench_records
+    ours = {r["fingerprint"]["kernel"] for r in records if r["runner"] == "mlx-embedgemma" and r["kind"] != "import"}
+    assert ours == {f"native-{native.isa()}" if native.available() else "mlx-cpu"}
+    peers = {r["fingerprint"]["kernel"] for r in records if r["runner"] == "sentence-transformers"}
+    assert len(peers) == 1 and peers.pop().startswith("torch ")
+
+
+def test_encode_overhead_against_the_bare_network_is_recorded(bench_records):
+    _, records = bench_records
+    overhead = [r for r in records if r["kind"] == "overhead"]
+    assert {r["workload"] for r in overhead} == {"query", "32 x 128"}
+    for r in overhead:
+        assert r["runner"] == "mlx-embedgemma" and r["forward_s"] > 0
+        assert r["ratio"] == pytest.approx(r["encode_s"] / r["forward_s"], rel=0.02)
 
 
 def test_latency_and_throughput_records_are_complete_and_consistent(bench_records):

@@ -163,13 +163,15 @@ def info_rows(text: str) -> dict[str, str]:
     return rows
 
 
-def test_info_reports_mlx_device_and_blas():
+def test_info_reports_mlx_device_and_native_kernels():
     result = invoke("info")
     assert result.exit_code == 0, result.output
     rows = info_rows(result.stdout)
     assert rows["mlx"] == mx.__version__
     assert rows["device"] == str(mx.default_device())
-    assert rows["blas"]
+    from mlx_embedgemma import native
+
+    assert rows["native CPU kernels"].startswith(native.isa() if native.available() else "not in use")
     assert "storage" not in rows
 
 

@@ -7,7 +7,6 @@ described in the README and not tested here.
 
 from __future__ import annotations
 
-import ctypes.util
 import re
 import subprocess
 import sys
@@ -34,7 +33,8 @@ import numpy as np
 vectors = {{f"m{{i}}": mlx_embedgemma.load(path).encode_query({TEXTS!r}) for i, path in enumerate(sys.argv[2:])}}
 np.savez(sys.argv[1], **vectors)
 print("frozen" if getattr(sys, "frozen", False) else "not frozen")
-print("blas:", mlx_embedgemma._blas.status)
+from mlx_embedgemma import native
+print("native:", native.isa() if native.available() else native.unavailable_reason())
 '''
 # Never part of an app that only embeds (the hook excludes the tools and what they import).
 NOT_IN_BUNDLE = ["torch", "transformers", "sentence_transformers", "click", "matplotlib", "huggingface_hub",
@@ -68,9 +68,10 @@ def test_frozen_app_embeds_like_the_unfrozen_package(frozen_app, tiny_f32, tiny_
     vectors = np.load(out)
     np.testing.assert_allclose(vectors["m0"], load(tiny_f32).encode_query(TEXTS), atol=1e-6, rtol=0)
     np.testing.assert_allclose(vectors["m1"], load(tiny_q4).encode_query(TEXTS), atol=1e-6, rtol=0)
-    if sys.platform == "linux" and ctypes.util.find_library("openblas"):
-        # The hook collected the build machine's OpenBLAS, and the app loads that copy, not the system's.
-        assert f"loaded {frozen_app / '_internal'}" in proc.stdout, proc.stdout
+    from mlx_embedgemma import native
+
+    if native.available():  # the hook collected the kernels, and the app runs the same ones
+        assert f"native: {native.isa()}" in proc.stdout, proc.stdout
 
 
 def test_bundle_holds_mlx_and_not_the_tools(frozen_app):

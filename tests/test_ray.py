@@ -103,33 +103,23 @@ def test_bad_arguments_fail_before_anything_runs(local_ray, tiny_matryoshka):
 
 
 def test_actors_get_their_share_of_the_cores(local_ray, tiny_f32, monkeypatch):
-    """Each actor's environment, which its libraries read at start-up, holds its thread count: 2 cores / actors."""
+    """Each actor's environment holds its thread count (2 cores / actors), and its model's plan uses it."""
     import mlx_embedgemma.integrations.ray as module
 
     class Probe(module.EmbedBatch):
         def __call__(self, batch):
-            import ctypes
             import os
 
-            from mlx_embedgemma import _blas
-
-            # What OpenBLAS itself runs with, once the model has loaded and embedded (-1: another BLAS).
-            self.model.encode(["mars"])
-            provider = _blas.sgemm_provider()
-            blas = ctypes.CDLL(provider).openblas_get_num_threads() if provider and "openblas" in provider else -1
             env = ",".join(os.environ.get(v, "-") for v in module.THREAD_VARS)
-            return {"env": np.array([env] * len(batch["text"])), "blas": np.full(len(batch["text"]), blas)}
+            n = len(batch["text"])
+            return {"env": np.array([env] * n), "plan": np.full(n, self.model.plan.threads)}
 
-    from mlx_embedgemma import _blas
-
-    load(tiny_f32)  # binds MLX's BLAS in this process too, so the next line says what the actors get
-    openblas = "openblas" in (_blas.sgemm_provider() or "")
     monkeypatch.setattr(module, "EmbedBatch", Probe)
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:8])])
     for actors, threads in [(1, 2), (2, 1)]:
         seen = module.embed_dataset(ds, tiny_f32, actors=actors, batch_size=4).to_pandas()
         assert set(seen["env"]) == {",".join([str(threads)] * len(module.THREAD_VARS))}, (actors, seen)
-        assert set(seen["blas"]) == ({threads} if openblas else {-1}), (actors, seen)
+        assert set(seen["plan"]) == {threads}, (actors, seen)
 
 
 # --- mlx-embedgemma embed-dataset ------------------------------------------------------------------

@@ -4,16 +4,13 @@ The converter, the benchmark harness and the CLI (and what they import: click, t
 sentence-transformers, matplotlib, huggingface_hub) are development tools, not part of an app that
 embeds texts; excluding them keeps a frozen app lean even when the build environment has them.
 
-On Linux the runtime preloads OpenBLAS before MLX (see _blas.py): MLX's CPU wheel otherwise runs its
-matmuls on the reference BLAS, ~30x slower. The library is dlopen'ed by name, which PyInstaller cannot
-see, so it is collected here when the build machine has it; the frozen app loads that copy first.
+The native CPU kernels (mlx_embedgemma/_native/eg_kernels*.so) are opened with ctypes, which PyInstaller
+cannot see: they are collected here, into the folder where native.py looks for them.
 """
 
-import ctypes.util
-import sys
+from pathlib import Path
 
-from PyInstaller.depend.bindepend import resolve_library_path
-from PyInstaller.utils.hooks import collect_data_files
+from PyInstaller.utils.hooks import collect_data_files, get_package_paths
 
 datas = collect_data_files("mlx_embedgemma", includes=["py.typed"])
 # Imported on first use by mlx_embedgemma.__getattr__, so listed rather than left to the import scan.
@@ -22,9 +19,6 @@ excludedimports = [
     "mlx_embedgemma.convert", "mlx_embedgemma.benchmarks", "mlx_embedgemma.cli", "mlx_embedgemma.__pyinstaller",
     "click", "torch", "transformers", "sentence_transformers", "matplotlib", "huggingface_hub",
 ]
-binaries = []
-if sys.platform == "linux":
-    name = ctypes.util.find_library("openblas")
-    path = name and resolve_library_path(name)
-    if path:
-        binaries.append((path, "."))
+_, _package = get_package_paths("mlx_embedgemma")
+binaries = [(str(p), "mlx_embedgemma/_native") for p in sorted(Path(_package, "_native").glob("eg_kernels*"))
+            if p.suffix in (".so", ".pyd", ".dylib")]
