@@ -30,7 +30,6 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from . import native
-from .mapped import SafetensorsMap
 from .model import Attend, GeluGate
 
 ENV_THREADS = "MLX_EMBEDGEMMA_THREADS"
@@ -230,17 +229,19 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
-def after_pass(plan: Plan, maps: list[SafetensorsMap]) -> None:
+def after_pass(plan: Plan, network: nn.Module) -> None:
     """Keep memory flat across passes (call with FORWARD_LOCK held).
 
-    CPU: mapped pages leave the resident set (they stay in the page cache), MLX's cached buffers go back
-    to malloc, and glibc returns the freed heap to the system, or the peak creeps up pass after pass
-    (records: memory-linux-x86_64-2core.jsonl). GPU: the cache limit set at load bounds the cache.
+    CPU: the embedding table's mapped pages leave the resident set (they stay in the page cache), MLX's
+    cached buffers go back to malloc, and glibc returns the freed heap to the system, or the peak creeps
+    up pass after pass (records: memory-linux-x86_64-2core.jsonl). GPU: the cache limit set at load bounds
+    the cache.
     """
     if plan.device != "cpu":
         return
-    for m in maps:
-        m.release()
+    table = network.model.embed_tokens
+    if hasattr(table, "release"):
+        table.release()
     mx.clear_cache()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

@@ -13,7 +13,6 @@ import numpy as np
 
 from . import backend
 from .inputs import as_text_list, check_text, check_texts
-from .mapped import SafetensorsMap
 from .model import EmbeddingGemmaModel
 from .tokenizer import Tokenizer
 
@@ -44,7 +43,6 @@ class EmbeddingGemma:
         path: Path,
         compute_dtype: mx.Dtype,
         plan: backend.Plan,
-        maps: Sequence[SafetensorsMap] = (),
         truncate_dim: int | None = None,
     ):
         self.network = network
@@ -53,7 +51,6 @@ class EmbeddingGemma:
         self.path = path
         self.compute_dtype = compute_dtype
         self.plan = plan  # how this process runs the network: kernels, weights, threads, pass size (backend.py)
-        self._maps = list(maps)
         self.prompts: dict[str, str] = dict(config.get("prompts", {}))
         self.default_prompt_name: str | None = config.get("default_prompt_name")
         self.dims: tuple[int, ...] = tuple(config.get("matryoshka_dims", [network.args.embedding_dim]))
@@ -220,7 +217,7 @@ class EmbeddingGemma:
                     emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
                     out[batch] = np.array(emb.astype(mx.float32))
                 finally:
-                    backend.after_pass(self.plan, self._maps)
+                    backend.after_pass(self.plan, self.network)
             if progress is not None:
                 progress(len(batch))
         return out

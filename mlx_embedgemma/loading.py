@@ -95,8 +95,8 @@ def check_embedding_config(config: dict[str, Any], args: ModelArgs) -> None:
         raise ConfigError("prompts must map names to strings")
 
 
-def load_network(folder: Path, config: dict[str, Any], plan: backend.Plan) -> tuple[EmbeddingGemmaModel, list[SafetensorsMap]]:
-    """The network with its weights, set up as ``plan`` says; also the memory maps it reads from."""
+def load_network(folder: Path, config: dict[str, Any], plan: backend.Plan) -> EmbeddingGemmaModel:
+    """The network with its weights, set up as ``plan`` says."""
     network = EmbeddingGemmaModel(model_args(folder, config))
     if config.get("quantization"):
         try:
@@ -148,7 +148,7 @@ def load_network(folder: Path, config: dict[str, Any], plan: backend.Plan) -> tu
     network.load_weights([(k, v) for k, v in weights.items() if k.rsplit(".", 1)[0] not in on_disk], strict=False)
     backend.apply(plan, network, lambda name, m: file_of(name, m) if name in on_disk else None)
     mx.eval(network.parameters())
-    return network, list(maps.values())
+    return network
 
 
 def weight_problems(network: EmbeddingGemmaModel, weights: dict[str, mx.array]) -> list[str]:
@@ -211,5 +211,5 @@ def load(
     dtype = precision.DTYPES[compute_dtype]
     backend.claim_mlx()
     plan = backend.choose(bool(config.get("quantization")), dtype, kernels, threads)
-    network, maps = load_network(folder, config, plan)
-    return EmbeddingGemma(network, tokenizer, config, folder, dtype, plan, maps, truncate_dim)
+    network = load_network(folder, config, plan)
+    return EmbeddingGemma(network, tokenizer, config, folder, dtype, plan, truncate_dim)

@@ -3,8 +3,9 @@ OpenBLAS preload, loaded RTLD_GLOBAL, rebound torch's BLAS calls and slowed torc
 
 Checked by mechanism, not by timing (this machine is shared): in one process, torch's matmul-heavy
 workload runs before our import, after it, and after loading and running a model; the BLAS and OpenMP
-symbols the process resolves globally, torch's thread count and its results must not change. The timing
-side (torch with and without us in the process) is recorded by benchmarks/torch_beside.py.
+symbols the process resolves globally, torch's thread count and its results must not change. On the
+timing side, `mlx-embedgemma bench` times every peer in a process that never imports this package
+(benchmarks/peer_child.py).
 """
 
 import json
