@@ -40,7 +40,7 @@ def save(folder: Path, step: int, parameters: dict, optimizer_state: dict, setti
     arrays = {f"param:{k}": v for k, v in tree_flatten(parameters)}
     arrays.update({f"optim:{k}": v for k, v in tree_flatten(optimizer_state) if isinstance(v, mx.array)})
     weights = f"state-{step}.safetensors"
-    tmp = folder / f".{weights}.tmp"
+    tmp = folder / f".tmp-{weights}"  # MLX appends .safetensors to any other suffix
     mx.save_safetensors(str(tmp), arrays)
     _fsync(tmp)
     os.replace(tmp, folder / weights)
