@@ -54,8 +54,8 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     try:
         yield tmp
         for f in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
-            _fsync(f)
-        _fsync(tmp)
+            fsync(f)
+        fsync(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}{OLD_MARK}{os.getpid()}-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -63,7 +63,7 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        _fsync(out.parent)
+        fsync(out.parent)
     except OSError as e:
         error = _write_error(out, e, existed)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +117,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (a folder's: its entries, so renames survive a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

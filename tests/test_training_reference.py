@@ -18,6 +18,7 @@ from mlx_embedgemma.training.data import Example
 from mlx_embedgemma.training.trainer import Settings, Trainer
 
 torch = pytest.importorskip("torch")
+from tiny_model import reference_features  # noqa: E402  (after the skip: it needs torch)
 losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
 
 EXAMPLES = [
@@ -60,16 +61,7 @@ def reference(tiny_source, rows, make_loss):
 
     model = SentenceTransformer(str(tiny_source), device="cpu")
     model.train()
-    features = []
-    for column in range(len(rows[0])):
-        ids = [r[column] for r in rows]
-        width = max(map(len, ids))
-        input_ids = torch.zeros((len(ids), width), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, seq in enumerate(ids):
-            input_ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-        features.append({"input_ids": input_ids, "attention_mask": mask})
+    features = [reference_features([r[column] for r in rows]) for column in range(len(rows[0]))]
     loss = make_loss(model)(features, None)
     loss.backward()
     named = dict(model.named_parameters())

@@ -17,6 +17,8 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlx_embedgemma.convert.output import fsync
+
 STATE_FILE = "state.json"
 
 
@@ -42,14 +44,14 @@ def save(folder: Path, step: int, parameters: dict, optimizer_state: dict, setti
     weights = f"state-{step}.safetensors"
     tmp = folder / f".tmp-{weights}"  # MLX appends .safetensors to any other suffix
     mx.save_safetensors(str(tmp), arrays)
-    _fsync(tmp)
+    fsync(tmp)
     os.replace(tmp, folder / weights)
     state = folder / f".{STATE_FILE}.tmp"
     state.write_text(json.dumps({"step": step, "weights": weights, "settings": settings}, indent=1), encoding="utf-8")
-    _fsync(state)
+    fsync(state)
     previous = _read_state(folder).get("weights") if (folder / STATE_FILE).is_file() else None
     os.replace(state, folder / STATE_FILE)
-    _fsync(folder)
+    fsync(folder)
     if previous and previous != weights:
         (folder / previous).unlink(missing_ok=True)
 
@@ -81,10 +83,3 @@ def _read_state(folder: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{folder / STATE_FILE} is damaged ({e}); remove {folder} to start again") from None
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -57,8 +57,7 @@ def read_examples(path: str | Path) -> list[Example]:
         unknown |= extra
         examples.append(example)
     if problems:
-        more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
-        raise DataError(f"{path}: {'; '.join(problems[:SHOWN])}{more}")
+        raise DataError(f"{path}: {listing(problems)}")
     if not examples:
         raise DataError(f"{path} has no rows; write one {{\"anchor\": ..., \"positive\": ...}} object per line")
     if unknown:
@@ -106,9 +105,8 @@ def _without_duplicates(path: Path, examples: list[Example]) -> list[Example]:
         first[key] = e.line
         kept.append(e)
     if repeats:
-        more = f" (and {len(repeats) - SHOWN} more)" if len(repeats) > SHOWN else ""
         warnings.warn(
-            f"{path}: {len(repeats)} duplicate (anchor, positive) pairs dropped: {'; '.join(repeats[:SHOWN])}{more}. "
+            f"{path}: {len(repeats)} duplicate (anchor, positive) pairs dropped: {listing(repeats)}. "
             "Remove them from the file to silence this",
             DataWarning,
             stacklevel=3,
@@ -129,10 +127,15 @@ def check_lengths(examples: Sequence[Example], lengths: Sequence[Sequence[int]],
         if n > max_length
     ]
     if long:
-        more = f" (and {len(long) - SHOWN} more)" if len(long) > SHOWN else ""
         warnings.warn(
-            f"{what}: {len(long)} texts are over --max-length {max_length} and will be truncated: {'; '.join(long[:SHOWN])}{more}. "
+            f"{what}: {len(long)} texts are over --max-length {max_length} and will be truncated: {listing(long)}. "
             "Raise --max-length (memory grows with it) or shorten them",
             DataWarning,
             stacklevel=2,
         )
+
+
+def listing(problems: Sequence[str]) -> str:
+    """The first few problems, and how many more there are."""
+    more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+    return "; ".join(problems[:SHOWN]) + more
