@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import warnings
+import subprocess
 
 import mlx.core as mx
 import numpy as np
@@ -204,3 +204,35 @@ def test_texts_over_the_length_limit_are_named(tiny_source, tmp_path):
     with pytest.warns(DataWarning, match=r"line 2 positive \(\d+ tokens\).*--max-length"):
         rows = trainer.prepare(examples, "training data")
     assert max(len(r) for row in rows for r in row) == 24
+
+
+def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(tiny_source, tmp_path):
+    import sys
+
+    from processes import kill_when
+
+    train = write_jsonl(tmp_path / "train.jsonl", pairs(16))
+    common = ["--train", train, "--recipe", "none", "--batch-size", "4", "--matryoshka-dims", "64,32", "--max-length", "64",
+              "--epochs", "2", "--checkpoint-every", "1", "--learning-rate", "1e-3"]
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "mlx_embedgemma.cli", "finetune", str(tiny_source), "--output", str(out), *common, *extra]
+
+    state = tmp_path / "killed.training" / checkpoint.STATE_FILE
+
+    def two_steps_saved() -> bool:
+        try:
+            return json.loads(state.read_text())["step"] >= 2
+        except (OSError, ValueError):
+            return False
+
+    assert kill_when(command(tmp_path / "killed"), tmp_path, two_steps_saved, poll_s=0.01), "the run ended before it could be killed"
+    assert not (tmp_path / "killed").exists()
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume"), capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    got, expected = mx.load(str(tmp_path / "killed" / "model.safetensors")), mx.load(str(tmp_path / "whole" / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=0, atol=1e-6, err_msg=name)
