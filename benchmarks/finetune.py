@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="q4-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--base-scores", type=Path, default=None,
+                        help="a record of an earlier run with the same split: reuse its base model scores instead of measuring them again")
     args = parser.parse_args()
 
     from mlx_embedgemma.convert import convert
@@ -110,11 +112,18 @@ def main() -> None:
     export(trainer.base, args.work / "tuned-f32", None, force=True, log=log)
     del trainer
     export(load_base(args.work / "tuned-f32"), args.work / "tuned-4bit", args.recipe, force=True, log=log)
-    convert(args.source, args.work / "base-4bit", recipe=args.recipe, force=True, log=log)
-    convert(args.source, args.work / "base-f32", quantize=False, force=True, log=log)
-
-    results = {}
-    for name in ("base-f32", "tuned-f32", "base-4bit", "tuned-4bit"):
+    results, names = {}, ["tuned-f32", "tuned-4bit"]
+    if args.base_scores:
+        earlier = json.loads(args.base_scores.read_text(encoding="utf-8").splitlines()[-1])
+        split_keys = ("heldout_queries", "heldout_docs", "sts_pairs")
+        if [earlier[k] for k in split_keys] != [len(evaluation["queries"]), len(evaluation["docs"]), len(sts_pairs)] or earlier["settings"]["seed"] != args.seed or earlier["settings"]["recipe"] != args.recipe:
+            raise SystemExit(f"{args.base_scores}: its last record used another split, seed or recipe; measure the base again")
+        results.update({k: earlier["scores"][k] for k in ("base-f32", "base-4bit")})
+    else:
+        convert(args.source, args.work / "base-4bit", recipe=args.recipe, force=True, log=log)
+        convert(args.source, args.work / "base-f32", quantize=False, force=True, log=log)
+        names = ["base-f32", *names[:1], "base-4bit", *names[1:]]
+    for name in names:
         results[name] = scores(args.work / name, evaluation, sts_pairs)
         log(f"{name}: {json.dumps(results[name])}")
     record = {
@@ -127,6 +136,7 @@ def main() -> None:
         "tokens_per_s": round(report.tokens_per_s, 1), "trainable_parameters": report.trainable_parameters,
         "first_loss": round(report.losses[0], 4), "last_loss": round(report.losses[-1], 4),
         "peak_rss_mb_training": round(training_peak, 1), "scores": results,
+        "base_scores_from": str(args.base_scores) if args.base_scores else None,
         "gain_4bit_vs_base_float": {d: round(results["tuned-4bit"]["ndcg@10"][d] - results["base-f32"]["ndcg@10"][d], 2) for d in DIMS},
         **fingerprint(mx.default_device(), threads=__import__("os").cpu_count()),
     }
