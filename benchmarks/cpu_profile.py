@@ -25,7 +25,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_embedgemma import mapped, model as network, precision

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import mlx.core as mx
 
 SCHEMA = 1
@@ -70,22 +70,16 @@ def model_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def blas() -> str:
-    if sys.platform == "darwin":
-        return "Accelerate"
-    provider = mlx_embedgemma._blas.sgemm_provider()
-    return os.path.basename(provider) if provider else "MLX's bundled reference BLAS"
+def kernel(plan) -> str:
+    """What runs the network's matmuls: the native kernel and its instruction set, or MLX's own."""
+    if plan is None:
+        return "unknown"
+    return f"native-{plan.isa}" if plan.kernels == "native" else f"mlx-{plan.backend}"
 
 
-def blas_threads() -> int | None:
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return os.cpu_count()
-
-
-def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None, storage: str | None = None) -> dict:
-    """Versions, commit, backend, device, OS, cores, BLAS, threads, model hash and storage, date."""
+def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None, storage: str | None = None,
+                plan=None) -> dict:
+    """Versions, commit, backend, device, OS, cores, kernel and plan, threads, model hash and storage, date."""
     return {
         "schema": SCHEMA,
         "package": mlx_embedgemma.__version__,
@@ -97,9 +91,9 @@ def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None,
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cores": os.cpu_count(),
-        "blas": blas() if device.type == mx.cpu else None,
+        "kernel": kernel(plan),
+        "plan": plan.describe() if plan is not None else None,
         "threads": threads,
-        "blas_threads": blas_threads() if device.type == mx.cpu else None,
         "model_hash": model_hash(model_path) if model_path else None,
         # Folders from random_model.py: their speed and memory are the real model's, their outputs are not.
         "random_weights": bool(model_path and json.loads((Path(model_path) / "config.json").read_text()).get("random_weights")),

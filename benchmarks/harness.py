@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import mlx.core as mx
 import numpy as np
 
@@ -187,7 +187,7 @@ def measure_memory(job: Job, scenario: str, spawned_at: float) -> dict:
         "kind": "memory", "scenario": scenario, "dim": dim, "texts": texts,
         "peak_rss_mb": round(peak_rss_mb(), 1), "mlx_peak_mb": round(encoder.peak_mlx_mb(), 1),
         "load_s": round(load_s, 3), "cold_start_s": round(cold_start, 3),
-        "streams_weights": encoder.model.streams_weights,
+        "plan": encoder.model.plan.describe(),
     }
 
 
@@ -434,15 +434,18 @@ def run_child(task: str, job: Job, threads: int) -> Iterator[dict]:
     spec = json.dumps({**asdict(job), "task": task, "spawned_at": time.time()})
     # By path, not `-m`: from a checkout, `-m` would find the source folder `mlx_embedgemma/`, which
     # has no `benchmarks` inside, before the installed package.
-    proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("{"):
-            yield json.loads(line)
-    stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.wait():
-        raise RuntimeError(f"{job.runner} on {job.device} ({task}) failed:\n{stderr[-4000:]}")
+    # stderr goes to a file: a pipe nobody reads until stdout closes blocks a child that logs more than
+    # the pipe's buffer (a few tens of kB) to it, and the parent with it.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errors:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", spec],
+                                stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+        if proc.wait():
+            errors.seek(0)
+            raise RuntimeError(f"{job.runner} on {job.device} ({task}) failed:\n{errors.read()[-4000:]}")
 
 
 def available_devices() -> list[str]:

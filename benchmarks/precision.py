@@ -25,7 +25,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 from mlx_embedgemma.benchmarks import quality
 from mlx_embedgemma.benchmarks.harness import accuracy
 

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mlx_embedgemma import precision  # first: the package picks the BLAS before mlx.core is imported
+from mlx_embedgemma import precision
 
 import mlx.core as mx
 from mlx.utils import tree_flatten

@@ -6,7 +6,7 @@
 Starts the server on a free loopback port as a child process, then fires ``--requests`` requests of
 short queries (the `MODEL:query` alias, a few words each) from ``--concurrency`` client threads in this
 second process, as fast as the server answers. Records throughput, latency percentiles, the server's
-batching counters, and its RSS (VmRSS from /proc, sampled every 0.5 s) after the first 10% of the
+batching counters, and its RSS (sampled every 0.5 s) after the first 10% of the
 requests against the end, with the machine's fingerprint, as one JSONL record.
 """
 
@@ -22,12 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-import mlx_embedgemma  # noqa: F401  (first: picks the BLAS before mlx.core is imported)
+import mlx_embedgemma  # noqa: F401
 import mlx.core as mx
 import numpy as np
 
 from mlx_embedgemma.benchmarks.fingerprint import fingerprint
-from mlx_embedgemma.benchmarks.memory import WORDS, emit, status_mb
+from mlx_embedgemma.benchmarks.memory import WORDS, emit, rss_mb, status_mb
 from mlx_embedgemma.loading import read_config
 from mlx_embedgemma.precision import describe
 
@@ -61,7 +61,7 @@ def main() -> None:
     import httpx  # the client (installed with the `test` extra, or with openai)
 
     if sys.platform != "linux":
-        print("note: RSS is read from /proc, so it is only recorded on Linux", file=sys.stderr)
+        print("note: the server's peak RSS (VmHWM) is read from /proc, so it is only recorded on Linux", file=sys.stderr)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     script = shutil.which("mlx-embedgemma", path=os.path.dirname(sys.executable))
@@ -112,17 +112,17 @@ def main() -> None:
                     with lock:
                         done[0] += 1
 
-        rss: list[tuple[int, float, float]] = []  # (requests done, seconds, VmRSS MB)
+        rss: list[tuple[int, float, float]] = []  # (requests done, seconds, RSS MB)
         stop = threading.Event()
 
         def sampler() -> None:
             while not stop.is_set():
-                value = status_mb("VmRSS", server.pid)
+                value = rss_mb(server.pid)
                 if value is not None:
                     rss.append((done[0], round(time.perf_counter() - t_start, 1), round(value, 1)))
                 stop.wait(0.5)
 
-        rss_idle = status_mb("VmRSS", server.pid)
+        rss_idle = rss_mb(server.pid)
         load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
         t_start = time.perf_counter()
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]

@@ -21,7 +21,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
+import mlx_embedgemma
 import numpy as np
 from mlx_embedgemma.embedder import TruncationWarning
 from mlx_embedgemma.precision import describe
@@ -70,7 +70,7 @@ def main() -> None:
     word_tokens: dict[str, int] = {}
     lengths = target_lengths(args.count, args.median_tokens, args.seed, args.sigma)
     warmup = max(args.chunk, args.count // 20)
-    series: list[tuple[int, float]] = []
+    series: list[tuple[int, float | None]] = []
     tokens_seen: list[int] = []
     start = time.perf_counter()
     for first in range(0, args.count, args.chunk):
@@ -78,27 +78,19 @@ def main() -> None:
         tokens_seen += model.count_tokens(texts, "document")
         out = model.encode(texts, prompt_name="document")
         assert out.shape == (len(texts), model.embedding_dim) and np.isfinite(out).all()
-        series.append((first + len(texts), round(rss_mb(), 1)))
-        print(f"\r{series[-1][0]}/{args.count} texts, RSS {series[-1][1]:.0f} MB", end="", file=sys.stderr, flush=True)
+        now = rss_mb()
+        series.append((first + len(texts), now and round(now, 1)))
+        print(f"\r{series[-1][0]}/{args.count} texts, RSS {f'{now:.0f} MB' if now else 'unknown'}", end="",
+              file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    after_warmup = next(rss for done, rss in series if done >= warmup)
-    seen = np.array(tokens_seen)
     record = {
         "model": args.model,
         "storage": describe(model.config),
-        "streams_weights": model.streams_weights,
+        "plan": model.plan.describe(),
         "texts": args.count,
         "length_law": {"median_tokens": args.median_tokens, "sigma": args.sigma, "every_1000th": MAX_TOKENS},
-        "tokens": int(seen.sum()),
-        "tokens_per_text": {
-            "min": int(seen.min()), "median": int(np.median(seen)), "p99": int(np.percentile(seen, 99)),
-            "max": int(seen.max()), "over_512": int((seen > 512).sum()), "at_max": int((seen >= MAX_TOKENS).sum()),
-        },
-        "rss_after_warmup_mb": after_warmup,
-        "warmup_texts": warmup,
-        "rss_end_mb": series[-1][1],
-        "growth_mb": round(series[-1][1] - after_warmup, 1),
-        "rss_max_sampled_mb": max(rss for _, rss in series),
+        **token_counts(tokens_seen),
+        **rss_summary(series, warmup),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "seconds": round(time.perf_counter() - start, 1),
         "machine": f"{platform.system()} {platform.machine()}",
@@ -106,6 +98,31 @@ def main() -> None:
         "rss_series": series,
     }
     emit(record, args.output)
+
+
+def token_counts(tokens_seen: list[int]) -> dict:
+    seen = np.array(tokens_seen)
+    return {
+        "tokens": int(seen.sum()),
+        "tokens_per_text": {
+            "min": int(seen.min()), "median": int(np.median(seen)), "p99": int(np.percentile(seen, 99)),
+            "max": int(seen.max()), "over_512": int((seen > 512).sum()), "at_max": int((seen >= MAX_TOKENS).sum()),
+        },
+    }
+
+
+def rss_summary(series: list[tuple[int, float | None]], warmup: int) -> dict:
+    """RSS after warm-up, at the end, its growth and largest sample; None where RSS could not be read."""
+    after_warmup = next((rss for done, rss in series if done >= warmup), None)
+    end = series[-1][1] if series else None
+    known = [rss for _, rss in series if rss is not None]
+    return {
+        "rss_after_warmup_mb": after_warmup,
+        "warmup_texts": warmup,
+        "rss_end_mb": end,
+        "growth_mb": round(end - after_warmup, 1) if end is not None and after_warmup is not None else None,
+        "rss_max_sampled_mb": max(known, default=None),
+    }
 
 
 if __name__ == "__main__":

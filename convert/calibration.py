@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_embedgemma.backend import is_linear
 from mlx_embedgemma.embedder import EmbeddingGemma
 
 _MODULES = [
@@ -115,23 +116,24 @@ def collect_hessians(model: EmbeddingGemma, texts: list[tuple[str, str]], max_to
     Texts run one at a time so that no padding token enters the statistics.
     """
     network = model.network
-    linears = {p: m for p, m in network.named_modules() if isinstance(m, nn.Linear) and p.startswith("model.layers.")}
-    sums: dict[str, mx.array] = {p: mx.zeros((m.weight.shape[1],) * 2) for p, m in linears.items()}
+    linears = {p: m for p, m in network.named_modules() if is_linear(m) and p.startswith("model.layers.")}
+    sums: dict[str, np.ndarray] = {}
 
     def report(path: str, x: mx.array) -> None:
-        x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        sums[path] = sums[path] + x.T @ x
+        # numpy's BLAS: MLX's CPU wheel on Linux links the reference BLAS, far slower for this product
+        x = np.asarray(x.reshape(-1, x.shape[-1]).astype(mx.float32))
+        product = (x.T @ x).astype(np.float64)
+        sums[path] = sums[path] + product if path in sums else product
 
     network.update_modules(_unflatten({p: _Tap(m, lambda x, p=p: report(p, x)) for p, m in linears.items()}))
     try:
         for prompt_name, text in texts:
             ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
             ids = ids[: max_tokens - 1] + ids[-1:]
-            network(mx.array([ids]), mx.ones((1, len(ids)), dtype=mx.bool_))
-            mx.eval(sums)
+            mx.eval(network(mx.array([ids]), mx.ones((1, len(ids)), dtype=mx.bool_)))
     finally:
         network.update_modules(_unflatten(linears))
-    return {p: np.array(h, dtype=np.float64) for p, h in sums.items()}
+    return sums
 
 
 def _unflatten(flat: dict[str, nn.Module]):

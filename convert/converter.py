@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_embedgemma import backend, check
 from mlx_embedgemma import community as community_layout
 from mlx_embedgemma import precision
-from mlx_embedgemma.embedder import EmbeddingGemma, TruncationWarning
+from mlx_embedgemma.embedder import EmbeddingGemma
 from mlx_embedgemma.loading import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, load, weight_problems
 from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -26,7 +26,8 @@ from .calibration import calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
-# Texts the converter embeds with the source and with the result, to show what quantization cost.
+# Texts the converter embeds with the source and with the result, to show what quantization cost;
+# stored with the source's vectors in the folder for `mlx-embedgemma check`.
 PROBES = [
     ("query", "Which planet is known as the Red Planet?"),
     ("document", "Mars, known for its reddish appearance, is often referred to as the Red Planet."),
@@ -75,7 +76,7 @@ def convert(
     plan = _choose_recipe(recipe, bits, group_size) if quantize else None
     check_target(out, force)
 
-    network, config, tokenizer, ckpt = open_source(source, dtype if plan is None else "float32")
+    network, config, tokenizer, ckpt = open_source(source, dtype if plan is None else "float32", log)
 
     def write_files(tmp: Path, tensors: dict[str, mx.array]) -> None:
         if layout == community_layout.LAYOUT:
@@ -86,9 +87,12 @@ def convert(
     return write_model(network, tokenizer, config, str(source), out, plan=plan, dtype=dtype, force=force, log=log, write_files=write_files)
 
 
-def open_source(source: str | Path, dtype: str = "float32") -> tuple[EmbeddingGemmaModel, dict[str, Any], Tokenizer, Checkpoint]:
+def open_source(
+    source: str | Path, dtype: str = "float32", log: Callable[[str], None] = lambda _: None
+) -> tuple[EmbeddingGemmaModel, dict[str, Any], Tokenizer, Checkpoint]:
     """The source checkpoint as our float32 network, its config.json entries (``dtype`` recorded) and tokenizer."""
     folder = resolve(source)
+    log(f"reading {folder}")
     ckpt = read_checkpoint(folder)
     config = build_config(ckpt, str(source), dtype)
     try:
@@ -132,17 +136,23 @@ def write_model(
 
     ``config`` is updated with the quantization; ``write_files`` writes the folder's files (our layout by default).
     """
-    float_model = EmbeddingGemma(network, tokenizer, config, out, mx.float32)
-    reference = _probe(float_model)
+    # The float32 network runs on this machine's fastest float plan (native kernels on a CPU), and gets its
+    # own modules back before it is quantized.
+    float_plan = backend.choose(quantized=False, compute_dtype=mx.float32)
+    replaced = backend.apply(float_plan, network)
+    float_model = EmbeddingGemma(network, tokenizer, config, out, mx.float32, float_plan)
+    probes = [(name if name in float_model.prompts else None, text) for name, text in PROBES]
+    reference = check.embed_probes(float_model, probes)
+    hessians = {}
+    if plan is not None and plan.gptq:
+        texts = calibration_texts()
+        log(f"collecting GPTQ statistics on {len(texts)} calibration texts")
+        hessians = collect_hessians(float_model, texts)
+    backend.restore(network, replaced)
 
     if plan is not None:
         config["recipe"] = plan.name
         config["quantization"] = plan.quantization(network)
-        hessians = {}
-        if plan.gptq:
-            texts = calibration_texts()
-            log(f"collecting GPTQ statistics on {len(texts)} calibration texts (a minute or two)")
-            hessians = collect_hessians(float_model, texts)
         originals = dict(tree_flatten(network.parameters()))
         precision.quantize(network, config["quantization"])
         gptq.apply(network, originals, hessians)
@@ -163,10 +173,11 @@ def write_model(
             raise OSError(None, str(e), str(tmp / WEIGHTS_FILE)) from e
         (tmp / "README.md").write_text(model_card(config, source, storage), encoding="utf-8")
         del network, tensors
-        converted = _probe(load(tmp))
+        converted = check.embed_probes(load(tmp), probes)
         cosines = [float(c) for c in np.sum(reference * converted, axis=1)]
         if not np.all(np.isfinite(cosines)):
             raise RuntimeError("the converted model gives non-finite embeddings; nothing was written")
+        check.write_probes(tmp, probes, reference, cosines)
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
     log(f"probe cosine to the float32 source: mean {np.mean(cosines):.5f}, min {np.min(cosines):.5f} over {len(cosines)} texts")
     return ConversionReport(out, storage, size, cosines)
@@ -209,18 +220,6 @@ def _tokenizer(ckpt: Checkpoint, args: ModelArgs) -> Tokenizer:
             "the tokenizer belongs to another model"
         )
     return tokenizer
-
-
-def _probe(model: EmbeddingGemma) -> np.ndarray:
-    by_prompt: dict[str, list[int]] = {}
-    for i, (name, _) in enumerate(PROBES):
-        by_prompt.setdefault(name if name in model.prompts else "", []).append(i)
-    out = np.empty((len(PROBES), model.network.args.embedding_dim), np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)  # models with short limits cut the long probe
-        for name, rows in by_prompt.items():
-            out[rows] = model.encode([PROBES[i][1] for i in rows], prompt_name=name or None)
-    return out
 
 
 def model_card(config: dict[str, Any], source: str, storage: str) -> str:

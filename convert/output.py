@@ -1,9 +1,10 @@
 """Write a model folder all at once or not at all.
 
-Files go into a hidden sibling folder, are fsynced, and the folder is renamed onto OUTPUT at the end:
-a failed, interrupted or killed run never leaves a half-written OUTPUT, and never harms an existing one.
-A run killed with SIGKILL cannot clean up: the next run into the same OUTPUT removes its hidden folders
-(and puts a replaced OUTPUT back, if the kill fell between the two renames of ``--force``).
+Files go into a hidden sibling folder, are flushed to the disk (``durable``: F_FULLFSYNC on macOS), and the
+folder is renamed onto OUTPUT at the end: a failed, interrupted or killed run never leaves a half-written
+OUTPUT, and never harms an existing one. A run killed with SIGKILL cannot clean up: the next run into the
+same OUTPUT removes its hidden folders (and puts a replaced OUTPUT back, if the kill fell between the two
+renames of ``--force``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from mlx_embedgemma.durable import process_alive, sync_path
 
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
@@ -54,8 +57,8 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
     try:
         yield tmp
         for f in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
-            fsync(f)
-        fsync(tmp)
+            sync_path(f)
+        sync_path(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}{OLD_MARK}{os.getpid()}-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -63,7 +66,7 @@ def atomic_folder(out: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        fsync(out.parent)
+        sync_path(out.parent)
     except OSError as e:
         error = _write_error(out, e, existed)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,7 +102,7 @@ def _recover_interrupted(out: Path) -> None:
     for mark in (OLD_MARK, PARTIAL_MARK):
         for folder in out.parent.glob(f".{out.name}{mark}*"):
             pid = folder.name.removeprefix(f".{out.name}{mark}").split("-")[0]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             replaced = folder / out.name
             if mark == OLD_MARK and replaced.is_dir() and not out.exists():
@@ -107,20 +110,3 @@ def _recover_interrupted(out: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fsync(path: Path) -> None:
-    """Flush a file's or a folder's data to disk (a folder's: its entries, so renames survive a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -5,11 +5,6 @@
     q = model.encode_query("Which planet is known as the Red Planet?", dim=256)
 """
 
-from . import _blas
-
-# Before anything imports mlx.core: MLX binds its BLAS on first import (see _blas.py).
-_blas.preload()
-
 __version__ = "0.1.0"
 __all__ = ["load", "EmbeddingGemma", "TruncationWarning", "ModelFolderError", "__version__"]
 

@@ -1,8 +1,7 @@
-"""The `mlx-embedgemma` command: convert, finetune, embed, serve, index, search, bench, info."""
+"""The `mlx-embedgemma` command: convert, finetune, embed, embed-dataset, serve, index, search, bench, check, info."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import platform
@@ -12,11 +11,8 @@ from pathlib import Path
 
 import click
 
-from . import _blas, __version__
-from .inputs import check_text
-
-# Texts read and embedded per step when embedding a stream: output is written after each.
-CHUNK = 256
+from . import __version__
+from .search_index import DEFAULT_EXTENSIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,155 +150,93 @@ def embed(model: Path, texts: tuple[str, ...], input_file, prompt_name: str | No
     JSONL is written as it is computed, one complete line per text, so a killed run leaves only whole
     lines, which `--resume` continues from.
     """
-    import numpy as np
-
+    from . import embed_stream
     from .loading import load
 
     if texts and input_file:
         raise click.UsageError("give TEXT arguments or --input, not both")
-    as_npy = output is not None and output.suffix == ".npy"
-    if resume and (output is None or as_npy):
-        raise click.UsageError("--resume continues a JSONL --output file; give --output FILE.jsonl")
+    try:
+        embed_stream.check_output(output, resume)
+    except embed_stream.StreamError as e:
+        raise click.UsageError(str(e)) from None
     try:
         m = load(model)
         m.prompt_prefix(prompt_name, None)  # fail on an unknown prompt or size before any work
         dim = m.check_dim(dim) if dim is not None else m.embedding_dim
     except (FileNotFoundError, ImportError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    source = _checked_args(texts) if texts else _read_texts(input_file or click.open_file("-", encoding="utf-8"))
-    done = 0
-    if resume and output.exists():
-        done, last = _completed(output, dim)
-        _check_resume_point(m, source, output, done, last, prompt_name, dim)
-    vectors = m.encode_iter(source, prompt_name=prompt_name, dim=dim, batch_size=batch_size, chunk_size=CHUNK)
-    with click.progressbar(vectors, label="embedding", file=sys.stderr, hidden=not sys.stderr.isatty()) as bar:
-        if as_npy:
-            rows = list(bar)
-            _save_npy(output, np.stack(rows) if rows else np.zeros((0, dim), np.float32))
-            count = len(rows)
-        else:
-            count = _write_jsonl(bar, output, done)
+    source = (embed_stream.checked_args(texts) if texts
+              else embed_stream.read_texts(input_file or click.open_file("-", encoding="utf-8")))
+    try:
+        count, done = embed_stream.embed_to_file(
+            m, source, output, prompt_name=prompt_name, dim=dim, batch_size=batch_size, resume=resume,
+            show=_progress, log=lambda message: click.echo(message, err=True),
+        )
+    except embed_stream.StreamError as e:
+        raise click.ClickException(str(e)) from None
     if output:
         resumed = f" (resumed after {done})" if done else ""
         click.echo(f"wrote {count} embeddings of {dim} dims to {output}{resumed}", err=True)
 
 
-def _write_jsonl(vectors: Iterator, output: Path | None, start: int) -> int:
-    """Each line goes out in one write() as soon as its vector exists: a kill can only cut between lines."""
-    f = output.open("ab" if start else "wb", buffering=0) if output else None
-    sink = f or sys.stdout.buffer
-    count = 0
-    try:
-        for count, row in enumerate(vectors, 1):
-            line = json.dumps({"index": start + count - 1, "embedding": [round(float(v), 7) for v in row]}) + "\n"
-            sink.write(line.encode("utf-8"))
-            sink.flush()
-    finally:
-        if f is not None:
-            f.close()
-    return count
+def _progress(vectors: Iterator) -> Iterator:
+    with click.progressbar(vectors, label="embedding", file=sys.stderr, hidden=not sys.stderr.isatty()) as bar:
+        yield from bar
 
 
-def _save_npy(output: Path, matrix) -> None:
-    """All or nothing: a killed run leaves the previous file (or none), never a truncated matrix."""
-    import numpy as np
+@main.command("embed-dataset")
+@click.argument("input_path", metavar="INPUT")
+@click.argument("output", metavar="OUTPUT")
+@click.option("--model", type=click.Path(path_type=Path), required=True, help="Model folder (at the same path on every node of a cluster).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help="Column that names each row in the output and in error reports; '' for none.")
+@click.option("--prompt-name", default="document", show_default=True, help="Task prompt (see `info MODEL`); '' for none.")
+@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size [default: the full size].")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "int8"]), default="float32", show_default=True,
+              help="How vectors are stored (int8: round(127 * v)).")
+@click.option("--format", "output_format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True,
+              help="Output file format.")
+@click.option("--actors", type=click.IntRange(1), default=1, show_default=True, help="Processes that each load the model and embed.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads per actor [default: Ray's CPUs divided by --actors].")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Rows an actor embeds per call.")
+@click.option("--address", default=None, help="An existing Ray cluster (e.g. ray://head:10001 or auto) [default: start a local Ray].")
+def embed_dataset(input_path: str, output: str, model: Path, text_column: str, id_column: str, prompt_name: str,
+                  dim: int | None, dtype: str, output_format: str, actors: int, threads: int | None, batch_size: int,
+                  address: str | None) -> None:
+    """Embed the text column of INPUT's Parquet or JSONL files into one file per input file in OUTPUT.
 
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            np.save(f, matrix)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _completed(path: Path, dim: int) -> tuple[int, list[float] | None]:
-    """How many texts to keep from a JSONL output, and the last kept vector; the rest of the file is cut off.
-
-    Only whole chunks are kept: the resumed run then embeds the same batches as an uninterrupted one, so
-    the file ends up byte-identical to it (an incomplete last line is dropped with the partial chunk).
+    INPUT is a file or folder, OUTPUT a folder: local paths or URIs pyarrow reads (s3://, gs://, ...).
+    Output rows keep the input's order and ids: id, embedding (a fixed-size list), error (why a row
+    could not be embedded; its embedding is then null). Each output file appears only once complete,
+    so a rerun skips the input files whose output exists. Needs `pip install 'mlx-embedgemma[ray]'`.
     """
-    count, kept, end, last = 0, 0, 0, None
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(raw)
-                index, vector = record["index"], record["embedding"]
-            except (ValueError, KeyError, TypeError):
-                raise click.ClickException(
-                    f"{path}, line {n} is not an `embed` record; refusing to resume (choose another --output)"
-                ) from None
-            if index != count:
-                raise click.ClickException(
-                    f"{path}, line {n} has index {index}, expected {count}: not the output of one `embed` run; refusing to resume"
-                )
-            if not isinstance(vector, list) or len(vector) != dim:
-                raise click.ClickException(
-                    f"{path} holds {len(vector) if isinstance(vector, list) else '?'}-d embeddings, this run makes {dim}-d: "
-                    "resume with the same --dim, model and --prompt-name"
-                )
-            count += 1
-            if count % CHUNK == 0:
-                kept, end, last = count, f.tell(), vector
-    if path.stat().st_size > end:
-        os.truncate(path, end)
-        click.echo(f"{path}: kept the first {kept} of {count} complete lines (whole chunks of {CHUNK})", err=True)
-    return kept, last
-
-
-def _check_resume_point(m, source: Iterator[str], output: Path, done: int, last, prompt_name: str | None, dim: int) -> None:
-    """Skip the ``done`` texts already embedded, and check the last of them embeds to the stored vector."""
-    import numpy as np
-
-    seen, text = 0, None
-    for seen, text in enumerate(itertools.islice(source, done), 1):
-        pass
-    if seen < done:
-        raise click.ClickException(f"{output} holds {done} embeddings but the input has only {seen} texts: it belongs to another input")
-    if done:
-        now = m.encode([text], prompt_name=prompt_name, dim=dim)[0]
-        # Stored values are rounded to 7 decimals; batch composition moves them by ~1e-7.
-        if np.max(np.abs(now - np.asarray(last, np.float32))) > 1e-4:
-            raise click.ClickException(
-                f"{output}: line {done} is not what text {done - 1} embeds to now, so it was written with another model, "
-                "prompt or input; refusing to append (use the same options, or start a new --output)"
-            )
-
-
-def _checked_args(texts: tuple[str, ...]) -> Iterator[str]:
-    for i, text in enumerate(texts, 1):
-        try:
-            check_text(text, f"argument {i}")
-        except (TypeError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
-        yield text
-
-
-def _read_texts(stream) -> Iterator[str]:
-    name = getattr(stream, "name", "input")
-    jsonl = name.endswith((".jsonl", ".ndjson")) if isinstance(name, str) else False
     try:
-        for n, line in enumerate(stream, 1):
-            line = line.rstrip("\r\n")
-            if jsonl:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    line = record["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise click.ClickException(f"{name}, line {n}: expected a JSON object with a 'text' field") from None
-                if not isinstance(line, str):
-                    raise click.ClickException(f"{name}, line {n}: 'text' must be a string")
-            check_text(line, f"{name}, line {n}")
-            yield line
-    except UnicodeDecodeError as e:
-        # Decoding runs ahead in blocks, so the line is unknown.
-        raise click.ClickException(f"{name} is not valid UTF-8 ({e.reason}); convert the file to UTF-8") from None
-    except ValueError as e:  # a lone surrogate, e.g. a JSON "\\ud800" escape
+        import ray
+
+        from .integrations.ray_files import embed_files
+    except ImportError as e:
+        raise click.ClickException(f"embed-dataset needs Ray Data ({e}): pip install 'mlx-embedgemma[ray]'") from None
+    started = not ray.is_initialized()  # a caller's own Ray session is used as is, and left running
+    if started:
+        ray.init(address=address, include_dashboard=False if address is None else None)
+    try:
+        report = embed_files(
+            input_path, output, model, text_column=text_column, id_column=id_column or None, prompt_name=prompt_name or None,
+            dim=dim, dtype=dtype, actors=actors, threads=threads, batch_size=batch_size, output_format=output_format,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        if started:
+            ray.shutdown()
+    for src, row_id, error in report.failures[:10]:
+        row = f"row {id_column}={row_id!r}" if id_column else "a row"
+        click.echo(f"{src}: {row} not embedded: {error}", err=True)
+    if report.failed:
+        click.echo(f"{report.failed} rows could not be embedded: their embedding is null and the output's "
+                   f"'error' column says why", err=True)
+    click.echo(f"embedded {report.rows} rows into {len(report.embedded)} files; {len(report.skipped)} files already complete")
 
 
 class _BenchGroup(click.Group):
@@ -511,7 +445,7 @@ def _shown(path: str) -> str:
 @click.option("--chunk-chars", type=click.IntRange(100), default=None, help="Largest chunk, in characters [default: 1500, or the store's].")
 @click.option("--overlap-chars", type=click.IntRange(0), default=None,
               help="Paragraphs repeated between neighbouring chunks, in characters [default: 200, or the store's].")
-@click.option("--ext", "extensions", default=",".join(e.lstrip(".") for e in (".md", ".markdown", ".mdx", ".txt", ".text", ".rst")),
+@click.option("--ext", "extensions", default=",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS),
               show_default=True, help="File name endings to index, comma separated.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 def index(folder: Path, db: Path, model: Path | None, dim: int | None, rebuild: bool, chunk_chars: int | None,
@@ -579,9 +513,29 @@ def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, a
 
 
 @main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+def check(model: Path) -> None:
+    """Embed MODEL's probe texts on every device here (CPU, Metal, CUDA) and compare with their float32 reference.
+
+    Prints cosine (mean, min), time and MLX's peak memory per device; exits with 1 when a device falls
+    below the folder's cosine bar. On a Mac, please send us its output (and `bench MODEL --quick`'s).
+    """
+    from . import check as checking
+
+    try:
+        probes, results = checking.run(model)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for line in checking.report(model, probes, results):
+        click.echo(line)
+    if not all(r.passed(probes.bar) for r in results):
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("model", type=click.Path(path_type=Path), required=False)
 def info(model: Path | None) -> None:
-    """Versions, backend and device, BLAS in use, and a summary of MODEL if given."""
+    """Versions, backend and device, the CPU kernels, and a summary of MODEL (with its backend plan) if given."""
     import mlx.core as mx
     import numpy as np
     import sentencepiece
@@ -595,8 +549,7 @@ def info(model: Path | None) -> None:
         ("device", str(mx.default_device())),
         ("metal", "available" if mx.metal.is_available() else "not available"),
         ("cuda", "available" if hasattr(mx, "cuda") and mx.cuda.is_available() else "not available"),
-        ("blas", _blas.status),
-        ("cblas_sgemm from", _blas.sgemm_provider() or "MLX's bundled BLAS" if sys.platform == "linux" else "Accelerate"),
+        ("native CPU kernels", _native_summary()),
     ]
     if model is not None:
         from .loading import load
@@ -609,6 +562,8 @@ def info(model: Path | None) -> None:
         size = sum(f.stat().st_size for f in Path(model).expanduser().iterdir() if f.is_file())
         rows += [
             ("model", str(m.path)),
+            ("plan", m.plan.describe()),
+            *(("  because", why) for why in m.plan.reasons),
             ("storage", describe(m.config)),
             ("size on disk", f"{size / 1e6:.1f} MB"),
             ("dims", ", ".join(map(str, m.dims))),
@@ -622,3 +577,11 @@ def info(model: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _native_summary() -> str:
+    from . import native
+
+    if not native.available():
+        return f"not in use: {native.unavailable_reason()}"
+    return f"{native.isa()} (built: {', '.join(native.isas())}), {native.threads()} threads"

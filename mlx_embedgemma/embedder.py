@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-import sys
-import threading
 import warnings
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +11,9 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from . import backend
 from .inputs import as_text_list, check_text, check_texts
+from .mapped import SafetensorsMap
 from .model import EmbeddingGemmaModel
 from .tokenizer import Tokenizer
 
@@ -24,16 +22,6 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 256
 # Texts tokenized at once by encode: bounds the token ids held for long lists.
 ENCODE_CHUNK = 4096
-
-
-def default_max_batch_tokens() -> int:
-    """Padded tokens per forward pass: bounds activation memory whatever the input lengths.
-
-    On the CPU, throughput is flat from 1,024 to 4,096 tokens per pass (1.81 vs 1.84 docs/s, 4-bit,
-    2 cores) while MLX's peak grows from 129 to 229 MB, so the CPU takes the small budget. GPUs need
-    bigger passes to fill up.
-    """
-    return 1024 if mx.default_device() == mx.cpu else 8192
 
 
 class TruncationWarning(UserWarning):
@@ -55,6 +43,8 @@ class EmbeddingGemma:
         config: dict[str, Any],
         path: Path,
         compute_dtype: mx.Dtype,
+        plan: backend.Plan,
+        maps: Sequence[SafetensorsMap] = (),
         truncate_dim: int | None = None,
     ):
         self.network = network
@@ -62,23 +52,18 @@ class EmbeddingGemma:
         self.config = config
         self.path = path
         self.compute_dtype = compute_dtype
+        self.plan = plan  # how this process runs the network: kernels, weights, threads, pass size (backend.py)
+        self._maps = list(maps)
         self.prompts: dict[str, str] = dict(config.get("prompts", {}))
         self.default_prompt_name: str | None = config.get("default_prompt_name")
         self.dims: tuple[int, ...] = tuple(config.get("matryoshka_dims", [network.args.embedding_dim]))
         self.max_seq_length: int = tokenizer.max_length
         self.truncate_dim = self.check_dim(truncate_dim) if truncate_dim else None
-        # MLX arrays and streams are not safe to drive from several threads at once.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         from .precision import describe
 
         return f"EmbeddingGemma({str(self.path)!r}, {describe(self.config)}, dims={self.dims})"
-
-    @property
-    def streams_weights(self) -> bool:
-        """True when the blocks' matrices are read from the file per call (see ``load``)."""
-        return self.network.model.eval_each_layer
 
     @property
     def embedding_dim(self) -> int:
@@ -161,7 +146,7 @@ class EmbeddingGemma:
         prefix = self.prompt_prefix(prompt_name, prompt)
         dim = self.check_dim(dim) if dim is not None else self.embedding_dim
         if max_batch_tokens is None:
-            max_batch_tokens = default_max_batch_tokens()
+            max_batch_tokens = self.plan.max_batch_tokens
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
         return prefix, dim, max_batch_tokens
@@ -221,6 +206,7 @@ class EmbeddingGemma:
         For callers that tokenize up front, like the server, which counts tokens and checks lengths on
         arrival. Batched by length as ``encode`` does; ``progress`` gets the texts done after each pass.
         """
+        backend.claim_mlx()
         out = np.empty((len(ids), self.network.args.embedding_dim), np.float32)
         lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
         for batch in plan_batches(lengths, batch_size, max_tokens):
@@ -229,9 +215,12 @@ class EmbeddingGemma:
             for row, i in enumerate(batch):
                 tokens[row, : lengths[i]] = ids[i]
             valid = np.arange(width)[None, :] < lengths[batch][:, None]
-            with self._lock, _lean_buffer_cache():
-                emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
-                out[batch] = np.array(emb.astype(mx.float32))
+            with backend.FORWARD_LOCK:  # MLX's state is process-wide, whichever model runs
+                try:
+                    emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
+                    out[batch] = np.array(emb.astype(mx.float32))
+                finally:
+                    backend.after_pass(self.plan, self._maps)
             if progress is not None:
                 progress(len(batch))
         return out
@@ -241,46 +230,6 @@ def _warn_truncated(cut: list[int], total: int, limit: int) -> None:
     message = (f"{len(cut)} of {total} texts were longer than {limit} tokens (prompt included) and were truncated, "
                f"as the reference implementation does; indices: {cut[:10]}{' ...' if len(cut) > 10 else ''}")
     warnings.warn(TruncationWarning(message, cut), stacklevel=3)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # a C library without it (musl)
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-@contextmanager
-def _lean_buffer_cache() -> Iterator[None]:
-    """Keep freed buffers from adding to peak memory, during one forward pass and across many.
-
-    On the CPU, MLX caches freed buffers (32 MB by default) on top of malloc, which already reuses
-    freed memory: without the cache, peak RSS is 30 MB lower at the same speed (150 vs 179 MB for 16
-    documents of 128 tokens, 171 vs 202 MB for one of 2,048, 4-bit model). glibc then keeps the freed
-    heap, fragmented, and the peak crept up pass after pass (177 -> 180 MB over 8 documents of 2,048
-    tokens, 192 MB after 50); malloc_trim after each pass holds it flat and RSS between passes drops
-    from 137 to 108 MB. GPU buffers are costly to allocate, so there the cache works during the pass
-    and is emptied after it, or buffers of every padded shape would pile up.
-    """
-    if mx.default_device() != mx.cpu:
-        try:
-            yield
-        finally:
-            mx.clear_cache()
-        return
-    previous = mx.set_cache_limit(0)
-    mx.clear_cache()
-    try:
-        yield
-    finally:
-        mx.set_cache_limit(previous)
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> Iterator[np.ndarray]:

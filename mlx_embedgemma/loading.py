@@ -7,7 +7,6 @@ mlx-community layout (a Hugging Face config.json; see community.py), whose tenso
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import _blas, community, precision
+from . import backend, community, precision
 from .embedder import EmbeddingGemma
-from .mapped import MappedEmbedding, MappedLinear, SafetensorsMap
+from .mapped import MappedEmbedding, SafetensorsMap
 from .model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from .tokenizer import open_tokenizer
 
@@ -96,7 +95,8 @@ def check_embedding_config(config: dict[str, Any], args: ModelArgs) -> None:
         raise ConfigError("prompts must map names to strings")
 
 
-def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = False) -> EmbeddingGemmaModel:
+def load_network(folder: Path, config: dict[str, Any], plan: backend.Plan) -> tuple[EmbeddingGemmaModel, list[SafetensorsMap]]:
+    """The network with its weights, set up as ``plan`` says; also the memory maps it reads from."""
     network = EmbeddingGemmaModel(model_args(folder, config))
     if config.get("quantization"):
         try:
@@ -125,7 +125,6 @@ def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = Fal
             f"{where} does not match {CONFIG_FILE} (architecture or quantization): {'; '.join(problems)}. "
             "Re-convert the model with `mlx-embedgemma convert`"
         )
-    # The embedding table always stays on disk, the blocks' matrices too when streaming (see mapped.py).
     maps: dict[Path, SafetensorsMap] = {}
 
     def file_of(prefix: str, module: nn.Module) -> SafetensorsMap | None:
@@ -138,20 +137,18 @@ def load_network(folder: Path, config: dict[str, Any], stream_layers: bool = Fal
             maps[path] = SafetensorsMap(path)
         return maps[path]
 
-    mapped: dict[str, nn.Module] = {}
+    # The embedding table always stays on disk (see mapped.py); the plan decides for the Linear layers.
+    on_disk = set()
     if (file := file_of(EMBEDDING, network.model.embed_tokens)) is not None:
-        mapped[EMBEDDING] = MappedEmbedding(file, EMBEDDING, like=network.model.embed_tokens)
-    if stream_layers:
-        for name, module in network.named_modules():
-            if name.startswith("model.layers.") and isinstance(module, (nn.Linear, nn.QuantizedLinear)):
-                if (file := file_of(name, module)) is not None:
-                    mapped[name] = MappedLinear(file, name, like=module)
-        network.model.eval_each_layer = True
-    network.update_modules(tree_unflatten(list(mapped.items())))
-    network.load_weights([(k, v) for k, v in weights.items() if k.rsplit(".", 1)[0] not in mapped], strict=True)
-    precision.adapt_to_device(network)
+        network.update_modules(tree_unflatten([(EMBEDDING, MappedEmbedding(file, EMBEDDING, like=network.model.embed_tokens))]))
+        on_disk.add(EMBEDDING)
+    if plan.weights == "mapped":
+        on_disk |= {name for name, m in network.named_modules()
+                    if isinstance(m, (nn.Linear, nn.QuantizedLinear)) and file_of(name, m) is not None}
+    network.load_weights([(k, v) for k, v in weights.items() if k.rsplit(".", 1)[0] not in on_disk], strict=False)
+    backend.apply(plan, network, lambda name, m: file_of(name, m) if name in on_disk else None)
     mx.eval(network.parameters())
-    return network
+    return network, list(maps.values())
 
 
 def weight_problems(network: EmbeddingGemmaModel, weights: dict[str, mx.array]) -> list[str]:
@@ -178,7 +175,8 @@ def load(
     *,
     truncate_dim: int | None = None,
     compute_dtype: str = "float32",
-    stream_weights: bool | None = None,
+    kernels: str = "auto",
+    threads: int | None = None,
 ) -> EmbeddingGemma:
     """Load a folder made by ``mlx-embedgemma convert``, or an EmbeddingGemma folder in the mlx-community
     layout. ``path`` may be a str or os.PathLike, relative or starting with ``~``. Reads only that folder
@@ -187,11 +185,10 @@ def load(
 
     ``truncate_dim`` sets the default Matryoshka size of ``encode``; ``compute_dtype`` is the activation
     dtype ("float32", or "bfloat16" where the backend is fast at it; float16 overflows in this model).
-    ``stream_weights`` reads the transformer blocks' matrices from the file at each use instead of
-    keeping them in memory: 60 MB less resident at 4 bits. By default it does so for quantized models
-    on the CPU, which dequantizes every matrix on every call anyway, so the copy costs no measurable
-    speed there; on a GPU, or for float models (377 MB copied per call, 2x slower queries), weights
-    stay resident.
+    How the network runs on MLX's default device is decided here, once (``backend.choose``; see
+    ``model.plan``): ``kernels`` picks the CPU kernels ("auto", "native": the compiled ones, "mlx": MLX's
+    own operations), ``threads`` the threads they use (default: ``$MLX_EMBEDGEMMA_THREADS``, else the
+    cores available to the process).
     """
     folder = Path(path).expanduser()  # str, pathlib.Path or any os.PathLike; relative to the working directory
     if not folder.is_dir():
@@ -211,9 +208,8 @@ def load(
             f"{tokenizer.path} has {tokenizer.vocab_size} tokens but {folder / CONFIG_FILE} a vocab_size of "
             f"{args.vocab_size}: the tokenizer belongs to another model; re-convert the model (or copy its own tokenizer back)"
         )
-    if stream_weights is None:
-        stream_weights = bool(config.get("quantization")) and mx.default_device() == mx.cpu
-    network = load_network(folder, config, stream_layers=stream_weights)
-    if mx.default_device() == mx.cpu and (message := _blas.import_order_warning()):
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return EmbeddingGemma(network, tokenizer, config, folder, precision.DTYPES[compute_dtype], truncate_dim)
+    dtype = precision.DTYPES[compute_dtype]
+    backend.claim_mlx()
+    plan = backend.choose(bool(config.get("quantization")), dtype, kernels, threads)
+    network, maps = load_network(folder, config, plan)
+    return EmbeddingGemma(network, tokenizer, config, folder, dtype, plan, maps, truncate_dim)

@@ -2,9 +2,10 @@
 
 The token embedding table is two thirds of the model (201 M of 308 M parameters; 113 MB at 4 bits),
 yet a batch only needs the rows of the tokens it contains. The table's tensors are memory-mapped from
-``model.safetensors``; each lookup copies the rows it needs and then tells the kernel the mapped pages
-may go (MADV_DONTNEED on clean, file-backed pages: they stay in the page cache but leave the process's
-resident set), so RSS does not creep up as texts with new tokens arrive.
+``model.safetensors``; each lookup copies the rows it needs, and after each forward pass the backend
+plan tells the kernel the mapped pages may go (MADV_DONTNEED on clean, file-backed pages: on Linux they
+stay in the page cache but leave the process's resident set), so RSS does not creep up as texts with
+new tokens arrive. The same maps serve the Linear layers that the plan reads in place.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-
-from . import kernels
 
 _DTYPES = {"U32": np.uint32, "F16": np.float16, "BF16": np.uint16, "F32": np.float32}
 
@@ -51,6 +50,13 @@ class SafetensorsMap:
         # As bytes: safetensors does not align tensors, and numpy copies a whole unaligned array to index it.
         table = np.frombuffer(self._map, np.uint8, end - start, self._data_start + start).reshape(rows, -1)
         return np.take(table, index, axis=0).view(_DTYPES[info["dtype"]])
+
+    def view(self, name: str) -> np.ndarray:
+        """A whole tensor as a numpy view of the map (no copy; may be unaligned). bfloat16 shows as uint16."""
+        info = self.header[name]
+        start, end = info["data_offsets"]
+        dtype = np.uint16 if info["dtype"] == "BF16" else _DTYPES[info["dtype"]]
+        return np.frombuffer(self._map, dtype, (end - start) // np.dtype(dtype).itemsize, self._data_start + start).reshape(info["shape"])
 
     def tensor(self, name: str) -> mx.array:
         """A copy of a whole tensor, in MLX."""
@@ -96,35 +102,4 @@ class MappedEmbedding(nn.Module):
         if self.quantized:
             biases = self._gather("biases", flat) if "biases" in self._rows.names else None
             weight = mx.dequantize(weight, self._gather("scales", flat), biases, self.group_size, self.bits, mode=self.mode)
-        self._rows.file.release()
         return weight.reshape(*ids.shape, -1)
-
-
-class MappedLinear(nn.Module):
-    """Drop-in for ``nn.Linear`` / ``nn.QuantizedLinear`` that reads its weights from the file per call.
-
-    Only one layer's weights are in memory at a time (the encoder evaluates layer by layer when its
-    weights are mapped); copying them from the page cache costs ~60 MB of memcpy per forward pass,
-    small next to dequantizing them, which the CPU does on every call anyway.
-    """
-
-    def __init__(self, file: SafetensorsMap, prefix: str, like: nn.Module):
-        super().__init__()
-        names = {k: f"{prefix}.{k}" for k in ("weight", "scales", "biases", "bias") if k in like}
-        self._rows = _Rows(file, names)
-        self.quantized = isinstance(like, nn.QuantizedLinear)
-        if self.quantized:
-            self.group_size, self.bits, self.mode = like.group_size, like.bits, like.mode
-
-    def __call__(self, x: mx.array) -> mx.array:
-        names, file = self._rows.names, self._rows.file
-        w = file.tensor(names["weight"])
-        if self.quantized:
-            scales, biases = file.tensor(names["scales"]), file.tensor(names["biases"])
-            y = kernels.dequantized_matmul(x, w, scales, biases, self.group_size, self.bits)
-        else:
-            y = x @ w.astype(x.dtype).T
-        if "bias" in names:
-            y = y + file.tensor(names["bias"]).astype(x.dtype)
-        file.release()
-        return y

@@ -1,8 +1,12 @@
 """The EmbeddingGemma network: a bidirectional Gemma 3 encoder, mean pooling, Dense head, L2 norm.
 
-This is the only definition of the network. Parameter paths here (``model.layers.3.mlp.up_proj``,
+This is the only definition of the network, in plain MLX. Parameter paths here (``model.layers.3.mlp.up_proj``,
 ``dense.0``) are the names in a converted folder's ``model.safetensors``, ours and mlx-embeddings'
 alike (community.py); the converter's table in ``convert/mapping.py`` maps the Hugging Face names onto them.
+
+The backend plan (``backend.py``) may swap modules for faster ones on a given device (the Linear layers,
+``Attention.attend``, ``MLP.act``) after the weights are loaded; each replacement computes what the
+module here computes.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from .kernels import gelu_approx_mul
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -132,7 +134,6 @@ class Attention(nn.Module):
         super().__init__()
         dim, self.n_heads, self.n_kv_heads = args.hidden_size, args.num_attention_heads, args.num_key_value_heads
         head_dim = args.head_dim
-        self.scale = args.query_pre_attn_scalar**-0.5  # not head_dim-based
         self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=False)
@@ -141,7 +142,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, args.rms_norm_eps)
         base = args.rope_local_base_freq if layer_type == SLIDING else args.rope_theta
         self.rope = nn.RoPE(head_dim, traditional=False, base=base)
-        self.radius = args.window_radius if layer_type == SLIDING else None
+        # Attention scale is query_pre_attn_scalar ** -0.5, not head_dim-based.
+        self.attend = Attend(args.query_pre_attn_scalar**-0.5, args.window_radius if layer_type == SLIDING else None)
 
     def __call__(self, x: mx.array, valid: mx.array) -> mx.array:
         B, L, _ = x.shape
@@ -149,35 +151,33 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q), self.rope(k)
-        out = attend(q, k, v, valid, self.scale, self.radius)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self.o_proj(self.attend(q, k, v, valid).reshape(B, L, -1))
 
 
-# Queries per attention pass on long inputs. Off Metal, attention materializes B x heads x queries x keys
-# scores and its mask: 50 MB per 2048-token text at once, 6 MB in blocks of 256; sliding layers then
-# also skip the keys outside their window. Each block is evaluated before the next is built: left to
-# MLX's scheduler, independent blocks run side by side and all their scores are alive at once (70 MB
-# instead of 13 MB at 2048 tokens, measured).
+# Queries per attention block on long inputs: sliding layers then skip the keys outside their window,
+# and the scores of one block (B x heads x 256 x keys) replace an L x L matrix.
 QUERY_BLOCK = 256
-# Tokens per MLP pass: its three (tokens x 1152) float32 intermediates are 9 MB each per 2048 tokens.
-# Evaluated chunk by chunk for the same reason as the attention blocks.
-MLP_CHUNK = 1024
 
 
-def attend(q: mx.array, k: mx.array, v: mx.array, valid: mx.array, scale: float, radius: int | None) -> mx.array:
-    L = q.shape[2]
-    step = L if L <= 2 * QUERY_BLOCK else QUERY_BLOCK
-    blocks = []
-    for start in range(0, L, step):
-        end = min(start + step, L)
-        lo, hi = (0, L) if radius is None else (max(0, start - radius), min(L, end + radius))
-        mask = attention_mask(valid, (start, end), (lo, hi), radius)
-        blocks.append(
-            mx.fast.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:hi], v[:, :, lo:hi], scale=scale, mask=mask)
-        )
-        if step < L:
-            mx.eval(blocks[-1])
-    return blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=2)
+class Attend(nn.Module):
+    """Bidirectional attention: q (B, H, L, D), k and v (B, Hkv, L, D) -> (B, L, H, D)."""
+
+    def __init__(self, scale: float, radius: int | None):
+        super().__init__()
+        self.scale, self.radius = scale, radius
+
+    def __call__(self, q: mx.array, k: mx.array, v: mx.array, valid: mx.array) -> mx.array:
+        L = q.shape[2]
+        step = L if L <= 2 * QUERY_BLOCK else QUERY_BLOCK
+        blocks = []
+        for start in range(0, L, step):
+            end = min(start + step, L)
+            lo, hi = (0, L) if self.radius is None else (max(0, start - self.radius), min(L, end + self.radius))
+            mask = attention_mask(valid, (start, end), (lo, hi), self.radius)
+            blocks.append(mx.fast.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, lo:hi], v[:, :, lo:hi], scale=self.scale, mask=mask))
+        out = blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=2)
+        return out.transpose(0, 2, 1, 3)
 
 
 def attention_mask(valid: mx.array, queries: tuple[int, int], keys: tuple[int, int], radius: int | None) -> mx.array:
@@ -186,8 +186,7 @@ def attention_mask(valid: mx.array, queries: tuple[int, int], keys: tuple[int, i
     A query sees every non-padding key (full layers, ``radius`` None) or those within ``radius``
     positions (sliding layers). Each position also sees itself: that changes nothing for real tokens,
     and keeps padding queries from having an all-masked row, whose NaNs would leak into real tokens
-    through the values. Built per block, never L x L: at 2048 tokens the full masks and their integer
-    temporaries would take 50 MB.
+    through the values.
     """
     q_pos = mx.arange(*queries)[:, None]
     k_pos = mx.arange(*keys)[None, :]
@@ -197,26 +196,23 @@ def attention_mask(valid: mx.array, queries: tuple[int, int], keys: tuple[int, i
     return allowed | (q_pos == k_pos)
 
 
+class GeluGate(nn.Module):
+    """Gemma's gated activation: ``gelu_tanh(gate) * up``."""
+
+    def __call__(self, gate: mx.array, up: mx.array) -> mx.array:
+        return nn.gelu_approx(gate) * up
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = GeluGate()
 
     def __call__(self, x: mx.array) -> mx.array:
-        shape = x.shape
-        tokens = x.reshape(-1, shape[-1])
-        if len(tokens) <= MLP_CHUNK:
-            return self._forward(x)
-        chunks = []
-        for start in range(0, len(tokens), MLP_CHUNK):
-            chunks.append(self._forward(tokens[start : start + MLP_CHUNK]))
-            mx.eval(chunks[-1])
-        return mx.concatenate(chunks).reshape(shape)
-
-    def _forward(self, x: mx.array) -> mx.array:
-        return self.down_proj(gelu_approx_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -242,9 +238,6 @@ class Gemma3Encoder(nn.Module):
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [TransformerBlock(args, t) for t in args.layer_types]
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        # Set when the layers' weights are read from disk per call: evaluating layer by layer then
-        # keeps a single layer's weights in memory instead of the whole graph's.
-        self.eval_each_layer = False
 
     def __call__(self, input_ids: mx.array, valid: mx.array, dtype: mx.Dtype) -> mx.array:
         h = self.embed_tokens(input_ids).astype(dtype)
@@ -252,8 +245,6 @@ class Gemma3Encoder(nn.Module):
         h = h * mx.array(math.sqrt(self.args.hidden_size), dtype=dtype)
         for layer in self.layers:
             h = layer(h, valid)
-            if self.eval_each_layer:
-                mx.eval(h)
         return self.norm(h)
 
 

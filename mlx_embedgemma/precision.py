@@ -12,9 +12,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_map, tree_unflatten
-
-from . import kernels
+from mlx.utils import tree_map
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
@@ -69,43 +67,6 @@ def quantize(model: nn.Module, config: dict[str, Any]) -> None:
             module.scales = module.scales.astype(SCALE_DTYPE)
             if module.biases is not None:
                 module.biases = module.biases.astype(SCALE_DTYPE)
-
-
-class DequantizingLinear(nn.QuantizedLinear):
-    """A quantized Linear that unpacks its weight to float and calls BLAS.
-
-    On MLX's CPU backend ``quantized_matmul`` is a scalar loop: 500 ms for 512 tokens through a
-    1152x768 matrix, against 10 ms for dequantize + float32 GEMM. The weight stays packed in memory;
-    the float copy lives only for the duration of one matmul.
-    """
-
-    @classmethod
-    def from_quantized(cls, q: nn.QuantizedLinear) -> "DequantizingLinear":
-        out_dims, packed = q.weight.shape
-        layer = cls(packed * 32 // q.bits, out_dims, "bias" in q, q.group_size, q.bits, q.mode)
-        layer.update(q.parameters())
-        return layer
-
-    def __call__(self, x: mx.array) -> mx.array:
-        y = kernels.dequantized_matmul(x, self.weight, self.scales, self.biases, self.group_size, self.bits)
-        return y + self.bias if "bias" in self else y
-
-
-def adapt_to_device(model: nn.Module, device: mx.Device | None = None) -> None:
-    """Pick the fastest way to run quantized layers on ``device`` (default: MLX's default device).
-
-    Metal and CUDA have fast quantized kernels; the CPU backend does not (see DequantizingLinear).
-    """
-    device = device or mx.default_device()
-    if device.type != mx.cpu:
-        return
-    swapped = [
-        (path, DequantizingLinear.from_quantized(m))
-        for path, m in model.named_modules()
-        if type(m) is nn.QuantizedLinear
-    ]
-    if swapped:
-        model.update_modules(tree_unflatten(swapped))
 
 
 def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:

@@ -15,7 +15,8 @@ queue, so a large upload does not hold up the short queries behind it.
 Errors carry OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid input
 (and for a text longer than the model's context, unless the request or the server allows truncation),
 404 for an unknown model, 413 for too many inputs, tokens or bytes in one request, 429 when the queue is
-full, 503 while shutting down.
+full, 503 while shutting down (requests accepted before the shutdown are still served, for up to half of
+uvicorn's grace, then answered 503: see ``make_server``).
 
 Imported only by the `serve` command: `import mlx_embedgemma` never loads Starlette or uvicorn.
 """
@@ -76,7 +77,7 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity, never by its token lists
 class Job:
     """One request's texts (token ids, prompt included) on their way through the queue."""
 
@@ -101,25 +102,49 @@ class Batcher:
         self._last_pass_s = 0.0
         self._last_batch_requests = 0
         self._task: asyncio.Task | None = None
+        self._idle: asyncio.Event | None = None  # clear while a forward pass runs
+        self._progress: asyncio.Event | None = None  # set after each pass
         # One thread runs the model: MLX calls stay on it, and forward passes never overlap.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-embedgemma-model")
 
     async def start(self) -> None:
-        self._wakeup = asyncio.Event()
+        self._wakeup, self._idle, self._progress = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._idle.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    async def drain(self, grace_s: float) -> None:
+        """Answer every accepted request: new ones get 503; those queued are served for up to ``grace_s``,
+        then answered 503; the forward pass under way always finishes and delivers its vectors.
+        """
         self.closing = True
+        if self._task is None:  # never started: nothing was accepted
+            return
+        assert self._wakeup is not None and self._idle is not None and self._progress is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while (self.queue or not self._idle.is_set()) and (left := deadline - loop.time()) > 0:
+            self._progress.clear()
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(self._progress.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        while self.queue:
+            job = self.queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(shutting_down())
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Answer what is still queued 503 (``make_server`` drains earlier, with a grace), let the pass under
+        way deliver, then end the worker, which waits idle for work that can no longer come."""
+        await self.drain(0)
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self.queue:
-            job = self.queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(shutting_down())
         self._executor.shutdown(wait=True)
 
     async def embed(self, ids: list[list[int]]) -> np.ndarray:
@@ -141,9 +166,10 @@ class Batcher:
 
         ``batch_wait_ms``, or, while several clients are sending (the last batch held more than one
         request), up to a tenth of the last batch's time (at most 100 ms): clients whose answers have
-        just gone out are about to send again, and on a CPU, where a pass costs ~0.5 s whatever its
-        size, catching them doubles throughput (measured: 16 clients ran in batches of 8 with a 5 ms
-        window, 16 with 50 ms). A lone client never waits longer than ``batch_wait_ms``.
+        just gone out are about to send again, and on a CPU, where a pass costs about the same whatever
+        its size, catching them raises throughput (16 clients, 5 ms against an adaptive window: README
+        "OpenAI-compatible server", records in benchmarks/results/serve-load-linux-x86_64.jsonl). A lone
+        client never waits longer than ``batch_wait_ms``.
         """
         base = self.config.batch_wait_ms / 1000
         if not self.config.adaptive_wait or self._last_batch_requests < 2:
@@ -163,15 +189,20 @@ class Batcher:
                 continue
             # Wait a moment for company, unless a full batch is already there.
             deadline = loop.time() + self.wait_seconds()
-            while self.pending_inputs() < self.config.max_batch_size and (left := deadline - loop.time()) > 0:
+            while (not self.closing and self.pending_inputs() < self.config.max_batch_size
+                   and (left := deadline - loop.time()) > 0):
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except asyncio.TimeoutError:
                     break
                 self._wakeup.clear()
             taken = self._take()
+            if not taken:  # every job left had lost its client
+                self._pass_over()
+                continue
             ids = [x for job, start, stop in taken for x in job.ids[start:stop]]
             began = loop.time()
+            self._idle.clear()
             try:
                 full = await loop.run_in_executor(self._executor, self._forward, ids)
             except Exception as e:  # a failure in the model fails this batch's requests, not the server
@@ -181,6 +212,7 @@ class Batcher:
                         job.future.set_exception(APIError(500, f"embedding failed: {e}", type="server_error"))
                     if job in self.queue:
                         self.queue.remove(job)
+                self._pass_over()
                 continue
             self._last_pass_s = loop.time() - began
             self._last_batch_requests = len(taken)
@@ -192,8 +224,15 @@ class Batcher:
                 row += stop - start
                 if stop == len(job.ids) and not job.future.done():
                     job.future.set_result(np.concatenate(job.parts) if len(job.parts) > 1 else job.parts[0])
-            if self.queue:
-                self._wakeup.set()
+            self._pass_over()
+
+    def _pass_over(self) -> None:
+        """The worker is idle again: tell ``drain``, and wake the worker itself if work is queued."""
+        assert self._wakeup is not None and self._idle is not None and self._progress is not None
+        self._idle.set()
+        self._progress.set()
+        if self.queue:
+            self._wakeup.set()
 
     def _take(self) -> list[tuple[Job, int, int]]:
         """Up to max_batch_size texts from the head of the queue; a partly taken job goes to the back."""
@@ -275,9 +314,11 @@ def create_app(model: EmbeddingGemma, config: ServerConfig) -> Starlette:
         dim = body.get("dimensions")
         if dim is None:
             dim = config.default_dim or model.network.args.embedding_dim
-        elif isinstance(dim, bool) or not isinstance(dim, int) or dim not in model.dims:
-            raise APIError(400, f"'dimensions' must be one of {', '.join(map(str, model.dims))} (Matryoshka sizes), "
-                           f"got {dim!r}", param="dimensions")
+        else:
+            try:
+                dim = model.check_dim(dim)
+            except ValueError as e:
+                raise APIError(400, f"'dimensions': {e}", param="dimensions") from None
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
@@ -437,12 +478,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(model: EmbeddingGemma, config: ServerConfig, host: str = "127.0.0.1", port: int = 8080,
-          log_level: str = "info", access_log: bool = True) -> None:
+def make_server(app: Starlette, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
+                access_log: bool = True, grace_s: float = 30.0):
+    """A uvicorn server for ``app`` that answers every accepted request when it shuts down.
+
+    On shutdown uvicorn waits up to ``grace_s`` for open requests, cancels those still running (their
+    clients get a 500 or a dropped connection) and only then tells the app. So the batcher is drained
+    first: it serves the queue for half the grace, answers the rest 503, and finishes the pass under way
+    in the other half.
+    """
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await app.state.batcher.drain(grace_s / 2)
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                                 timeout_graceful_shutdown=grace_s))
+
+
+def serve(model: EmbeddingGemma, config: ServerConfig, host: str = "127.0.0.1", port: int = 8080,
+          log_level: str = "info", access_log: bool = True) -> None:
     app = create_app(model, config)
     # One warm-up pass, so the first request does not pay for MLX's first-call setup.
     model.encode("warm up")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=30)
+    make_server(app, host, port, log_level, access_log).run()

@@ -1,8 +1,8 @@
 """Text -> token ids exactly as the reference (Hugging Face GemmaTokenizer via sentence-transformers).
 
 SentencePiece on the model's own ``tokenizer.model`` gives the reference ids (checked on every row of
-the reference set) at a sixth of the memory of the Rust ``tokenizers`` library for this 262k vocab
-(≈50 MB RSS instead of ≈285 MB), and loads in 0.07 s instead of 1.2 s. Folders converted by other
+the reference set) in a fraction of the memory and load time of the Rust ``tokenizers`` library for
+this 262k vocab (the project brief's measurements; README "Memory"). Folders converted by other
 tools may carry only ``tokenizer.json``; for those (and only those) the ``tokenizers`` library is used,
 an optional dependency. Converting its BPE vocabulary back into a SentencePiece model was the other
 option; reading the file with the library that defines its format is the one that cannot drift.
@@ -56,7 +56,7 @@ class JsonTokenizer:
 
     def __init__(self, path: Path, bos_id: int, eos_id: int, max_length: int):
         try:
-            from tokenizers import Tokenizer as RustTokenizer  # imported only for such folders: ~285 MB RSS
+            from tokenizers import Tokenizer as RustTokenizer  # imported only for such folders: it is large
         except ImportError:
             raise ImportError(
                 f"{path.parent} has {TOKENIZER_JSON} but no {TOKENIZER_FILE}; reading it needs the tokenizers library: "

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-import mlx_embedgemma  # noqa: F401  (first: it picks the BLAS before anything imports mlx.core)
+import mlx_embedgemma  # noqa: F401
 import numpy as np
 import pytest
 

@@ -86,3 +86,95 @@ def test_stream_benchmark_samples_rss_after_every_call(tiny_f32, tmp_path):
     assert record["growth_mb"] == pytest.approx(record["rss_end_mb"] - record["rss_after_warmup_mb"], abs=0.11)
     assert record["peak_rss_mb"] >= record["rss_max_sampled_mb"] > 0
     assert record["tokens_per_text"]["max"] <= 80  # the tiny model's maximum length
+
+
+def test_stream_benchmark_records_none_where_rss_cannot_be_read(tiny_f32, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "stream.jsonl"
+    monkeypatch.setattr(stream, "rss_mb", lambda pid=None: None)
+    monkeypatch.setattr(sys, "argv", ["stream.py", str(tiny_f32), "--count", "20", "--chunk", "10",
+                                      "--median-tokens", "8", "--output", str(out)])
+    stream.main()
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["rss_series"] == [[10, None], [20, None]]
+    assert record["rss_end_mb"] is record["growth_mb"] is record["rss_max_sampled_mb"] is None
+    assert record["peak_rss_mb"] > 0 and "RSS unknown" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_proc(monkeypatch, tmp_path):
+    """As on macOS: no /proc to read."""
+    from mlx_embedgemma.benchmarks import memory
+
+    monkeypatch.setattr(memory, "PROC", tmp_path / "no-proc")
+    return memory
+
+
+def test_rss_without_proc_comes_from_ps(no_proc):
+    assert no_proc.status_mb("VmRSS") is None
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        from_ps = no_proc.rss_mb(child.pid)
+        on_linux = int(next(line.split()[1] for line in open(f"/proc/{child.pid}/status") if line.startswith("VmRSS:"))) / 1024
+    finally:
+        child.communicate(b"")
+    assert from_ps == pytest.approx(on_linux, rel=0.05)
+
+
+def test_macos_rss_of_this_process_falls_back_to_ps_where_mach_is_missing(no_proc, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert no_proc._mach_resident_mb() is None  # no libSystem on Linux: the ctypes call fails cleanly
+    before = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS:"))) / 1024
+    assert no_proc.rss_mb() == pytest.approx(before, rel=0.1)
+
+
+@pytest.mark.parametrize("platform, unit", [("darwin", 1), ("linux", 1024)])
+def test_peak_rss_from_getrusage_in_each_platforms_unit(no_proc, monkeypatch, platform, unit):
+    import resource
+    import types
+
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=300 * 2**20 // unit))
+    assert no_proc.peak_rss_mb() == pytest.approx(300)
+
+
+# Writes 1 MB to stderr before its one record: far more than a pipe holds, so a parent that reads stderr
+# only once stdout has closed waits on the child while the child waits on it.
+NOISY_CHILD = "import sys; sys.stderr.write('x' * (1 << 20)); sys.stderr.flush(); print('{\"kind\": \"noise\"}')"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_bench_child_writing_much_to_stderr_does_not_block_the_parent(monkeypatch, fails):
+    import threading
+
+    from mlx_embedgemma.benchmarks import harness
+
+    real_popen = subprocess.Popen
+    code = NOISY_CHILD + ("; sys.exit(3)" if fails else "")
+    monkeypatch.setattr(harness.subprocess, "Popen", lambda args, **kw: real_popen([sys.executable, "-c", code], **kw))
+    job = harness.Job(runner="noisy", device="cpu", model="", variant="", dims=[], threads=1, settings={}, texts_file="")
+    outcome: dict = {}
+
+    def consume() -> None:
+        try:
+            outcome["records"] = list(harness.run_child("latency", job, 1))
+        except RuntimeError as e:
+            outcome["error"] = str(e)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    reader.join(120)
+    assert not reader.is_alive(), "the parent blocked on a child that filled its stderr pipe"
+    if fails:
+        assert "noisy on cpu (latency) failed" in outcome["error"] and outcome["error"].endswith("x" * 100)
+    else:
+        assert outcome["records"] == [{"kind": "noise"}]
+
+
+def test_tokenize_scaling_benchmark_records_both_sizes_and_their_ratio(tiny_f32, tmp_path):
+    out = tmp_path / "scaling.jsonl"
+    subprocess.run([sys.executable, str(BENCHMARKS / "tokenize_scaling.py"), str(tiny_f32), "--megabytes", "0.01",
+                    "--runs", "1", "--output", str(out)], check=True, capture_output=True, text=True)
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["bytes"]["large"] == 4 * record["bytes"]["small"] >= 10_000
+    assert record["ratio"] == pytest.approx(record["seconds"]["large"] / record["seconds"]["small"], rel=0.05)
+    assert record["fingerprint"]["git_commit"] and record["fingerprint"]["model_hash"]

@@ -22,6 +22,10 @@ HEAVY = [
     # The server, the integrations and the file index: their libraries load only when those are used.
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
     "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
+    # Used by `embed` and the converter: loaded when those run.
+    "mlx_embedgemma.embed_stream", "mlx_embedgemma.durable", "mlx_embedgemma.check",
+    # Ray Data (and the pyarrow it brings) only for `embed-dataset` and mlx_embedgemma.integrations.ray.
+    "ray", "pyarrow", "mlx_embedgemma.integrations.ray", "mlx_embedgemma.integrations.ray_files",
 ]
 
 
@@ -86,3 +90,18 @@ def test_loading_an_mlx_community_folder_imports_nothing_heavy(tiny_source, tiny
     assert result["layout"] == "mlx-community"
     for name in HEAVY:
         assert name not in result["modules"], f"loading an mlx-community folder imported {name}"
+
+
+def test_the_library_side_of_embed_and_durable_writes_imports_nothing_heavy(tmp_path):
+    """`embed`'s streaming and resume logic, and the durable-write helpers, serve apps too: no CLI, no tools."""
+    seen = run_python(
+        """
+        import json, sys
+        import mlx_embedgemma.embed_stream, mlx_embedgemma.durable
+        print(json.dumps(sorted(sys.modules)))
+        """,
+        tmp_path,
+    )
+    for name in HEAVY:
+        if name not in ("mlx_embedgemma.embed_stream", "mlx_embedgemma.durable"):
+            assert name not in seen, f"importing embed_stream/durable imported {name}"

@@ -6,7 +6,6 @@ the fix, raised before any text is embedded.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -92,16 +91,13 @@ def test_no_texts_give_an_empty_float32_matrix(model, empty, spy):
     assert spy == []
 
 
-def test_a_megabyte_text_is_truncated_with_a_warning_in_linear_time(model):
+def test_a_megabyte_text_is_truncated_with_a_warning(model):
+    # How tokenizing time grows with the text's size is measured by benchmarks/tokenize_scaling.py.
     mb = "mars is the red planet. " * (1_000_000 // 24)
-    start = time.perf_counter()
     with pytest.warns(TruncationWarning, match=r"1 of 2 texts.*truncated.*indices: \[1\]"):
         out = model.encode(["short", mb])
-    elapsed = time.perf_counter() - start
     assert_unit_rows(out)
     assert model.count_tokens([mb]) == [model.max_seq_length]
-    # Tokenizing is linear: the real 262k-vocab tokenizer takes ~1.8 s per MB here, the tiny one less.
-    assert elapsed < 30, f"{elapsed:.1f} s for a 1 MB text"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)
         np.testing.assert_allclose(model.encode(mb), out[1], atol=1e-6)

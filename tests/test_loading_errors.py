@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import resource
 import shutil
 from pathlib import Path
 
@@ -126,9 +125,11 @@ def test_huge_but_allowed_sizes_fail_before_allocating(tiny_f32, tmp_path):
         config["embedding_head"]["dense"][0]["in_features"] = 1 << 16
 
     edit_config(folder, huge)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from mlx_embedgemma.benchmarks.memory import peak_rss_mb  # ru_maxrss is KiB on Linux, bytes on macOS
+
+    before = peak_rss_mb()
     refused(folder, str(folder / "model.safetensors"), "does not match config.json", "model.embed_tokens.weight", "shape")
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown_mb = peak_rss_mb() - before
     assert grown_mb < 100, f"peak RSS grew {grown_mb:.0f} MB"
 
 

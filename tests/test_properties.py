@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlx_embedgemma import TruncationWarning, load
-from tiny_model import SMALL_DIMS
+from tiny_model import MAX_SEQ_LENGTH, SMALL_DIMS
 
 # Any Unicode string (surrogates are excluded by the text strategy's default; they have a test below).
 TEXTS = st.text(max_size=60)
+# From empty to well past the tiny model's 80 tokens (prompt included), so truncation is exercised.
+LONG_TEXTS = st.text(max_size=400)
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -69,3 +71,36 @@ def test_matryoshka_truncation_equals_the_dim_option(model, texts, dim):
 def test_any_text_with_a_surrogate_is_refused_by_index(model, before, text):
     with pytest.raises(ValueError, match=rf"texts\[{len(before)}\] holds a lone surrogate"):
         model.encode([*before, text])
+
+
+@pytest.fixture(scope="module")
+def reference_sp(tiny_matryoshka):
+    """SentencePiece itself on the folder's tokenizer.model: the reference rule (BRIEF §2) owes nothing to our code."""
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(tiny_matryoshka / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def source_prompts(tiny_source) -> dict[str, str]:
+    """The prompts as the source checkpoint defines them, for sentence-transformers."""
+    import json
+
+    return json.loads((tiny_source / "config_sentence_transformers.json").read_text(encoding="utf-8"))["prompts"]
+
+
+@PROPERTY
+@given(texts=st.lists(LONG_TEXTS, min_size=1, max_size=6), prompt_name=st.sampled_from(["query", "document", "STS"]))
+def test_token_ids_are_bos_the_first_max_minus_2_pieces_of_prompt_and_text_then_eos(model, reference_sp, source_prompts,
+                                                                                   texts, prompt_name):
+    prompt = source_prompts[prompt_name]
+    limit = MAX_SEQ_LENGTH
+    pieces = [reference_sp.encode(prompt + t) for t in texts]
+    expected = [[2, *p[: limit - 2], 1] for p in pieces]
+    encoded = model.tokenizer.encode([prompt + t for t in texts])
+    assert encoded.ids == expected
+    assert encoded.truncated == [i for i, p in enumerate(pieces) if len(p) > limit - 2]
+    assert model.count_tokens(texts, prompt_name) == [len(ids) for ids in expected]
+    # And the vector is that of exactly those ids.
+    np.testing.assert_allclose(quiet_encode(model, texts, prompt_name=prompt_name),
+                               model.embed_ids(expected, 8, 4096, None), rtol=0, atol=1e-6)

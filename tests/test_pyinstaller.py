@@ -74,8 +74,9 @@ def test_frozen_app_embeds_like_the_unfrozen_package(frozen_app, tiny_f32, tiny_
 
 
 def test_bundle_holds_mlx_and_not_the_tools(frozen_app):
+    build = frozen_app / "build" / "app"
     # Python modules live in the PYZ archive; its table of contents names them all.
-    modules = set(re.findall(r"\('([\w.]+)',", (frozen_app / "build" / "app" / "PYZ-00.toc").read_text()))
+    modules = set(re.findall(r"\('([\w.]+)',", (build / "PYZ-00.toc").read_text()))
     assert {"mlx_embedgemma.loading", "mlx_embedgemma.embedder", "mlx.nn"} <= modules
     present = sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_IN_BUNDLE))
     assert present == [], f"the bundle carries {present[:10]}"
@@ -83,9 +84,14 @@ def test_bundle_holds_mlx_and_not_the_tools(frozen_app):
     internal = frozen_app / "_internal"
     libs = sorted(internal.rglob("libmlx.*"))
     assert any(p.parent == internal / "mlx" / "lib" for p in libs), libs  # where mlx.core's RPATH looks
+    # MLX finds its Metal kernels next to libmlx: collected as binaries, so a .app keeps them together
+    # (Linux wheels have none; tests/test_pyinstaller_hooks.py checks the hook on a macOS layout).
     metallibs = sorted(internal.rglob("*.metallib"))
-    if sys.platform == "darwin":  # MLX finds its Metal kernels next to libmlx
-        assert any(m.parent == p.parent for m in metallibs for p in libs), (metallibs, libs)
+    assert all(m.parent == internal / "mlx" / "lib" for m in metallibs), metallibs
+    analysis = (build / "Analysis-00.toc").read_text()
+    assert set(re.findall(r"\.metallib',\s*'[^']*',\s*'(\w+)'", analysis)) <= {"BINARY"}
+    if sys.platform == "darwin":
+        assert metallibs, "the bundle has no mlx.metallib"
     assert not [p for p in internal.iterdir() if p.name.split("-")[0] in ("torch", "transformers")]  # no native parts
     size_mb = sum(p.stat().st_size for p in frozen_app.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
     assert size_mb < 300, f"the bundle is {size_mb:.0f} MB"

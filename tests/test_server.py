@@ -308,12 +308,12 @@ def test_unknown_route_and_method_have_error_bodies(server):
 
 
 class InProcessServer:
-    def __init__(self, app):
-        import uvicorn
+    def __init__(self, app, grace_s: float = 30.0):
+        from mlx_embedgemma.server import make_server
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = make_server(app, port=self.port, log_level="warning", access_log=False, grace_s=grace_s)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -380,6 +380,50 @@ def test_a_server_shutting_down_answers_503(slow_model):
         r = httpx.post(srv.url + "/v1/embeddings", json={"model": MODEL_ID, "input": "x"})
         assert r.status_code == 503 and error_of(r)["code"] == "server_shutting_down"
         assert httpx.get(srv.url + "/health").json()["status"] == "shutting_down"
+
+
+def test_shutdown_answers_every_request_in_flight(slow_model):
+    """uvicorn shuts down with requests queued behind 0.3 s passes and a 2 s grace (so 1 s of draining):
+    each client gets its vectors or a 503, none a 500 or a dropped connection, and the pass running
+    when the drain ends still delivers."""
+    from mlx_embedgemma.server import ServerConfig, create_app
+
+    app = create_app(slow_model, ServerConfig(model_id=MODEL_ID, max_batch_size=1, batch_wait_ms=0))
+    n = 8
+    srv = InProcessServer(app, grace_s=2.0)
+    with srv:
+        def one(i: int) -> httpx.Response | Exception:
+            try:
+                return httpx.post(srv.url + "/v1/embeddings", json={"model": MODEL_ID, "input": f"t{i}"}, timeout=60)
+            except httpx.HTTPError as e:
+                return e
+
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            deadline = time.monotonic() + 30
+            while len(app.state.batcher.queue) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(app.state.batcher.queue) >= 4, "the requests did not queue up"
+            srv.server.should_exit = True
+            results = [f.result() for f in futures]
+    assert not srv.thread.is_alive()
+    codes = [r.status_code if isinstance(r, httpx.Response) else type(r).__name__ for r in results]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    for i, r in enumerate(results):
+        if r.status_code == 200:
+            vector = np.array(r.json()["data"][0]["embedding"], np.float32)
+            np.testing.assert_allclose(vector, slow_model.encode([f"t{i}"])[0], atol=1e-5)
+        else:
+            assert error_of(r)["code"] == "server_shutting_down"
+
+
+def test_a_job_is_compared_by_identity():
+    from mlx_embedgemma.server import Job
+
+    future = object()
+    a, b = Job([[2, 5, 1]], future), Job([[2, 5, 1]], future)
+    assert a != b and a == a
+    assert len({a, b}) == 2  # hashable: by identity
 
 
 def test_requests_from_different_prompts_and_sizes_share_one_pass(tiny_matryoshka, model):

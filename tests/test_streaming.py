@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_embedgemma import load
-from mlx_embedgemma.cli import CHUNK, main
+from mlx_embedgemma.cli import main
+from mlx_embedgemma.embed_stream import CHUNK
 from processes import kill_when
 
 WORDS = "the quick brown fox jumps over the lazy dog mars venus earth".split()

@@ -1,11 +1,10 @@
 """Our conversion of a tiny random EmbeddingGemma against sentence-transformers (float32, CPU)."""
 
 import numpy as np
-import mlx.core as mx
 from mlx.utils import tree_flatten
 import pytest
 
-from mlx_embedgemma import load
+from mlx_embedgemma import load, native
 from tiny_model import MAX_SEQ_LENGTH, PROMPTS, reference_embeddings
 
 TEXTS = [
@@ -29,18 +28,22 @@ def test_inputs_are_longer_than_the_window_and_padded(tiny_f32):
     assert max(lengths) > 3 * 9 and min(lengths) < 9 and len(set(lengths)) > 3
 
 
-@pytest.mark.parametrize("stream_weights", [False, True])
+KERNELS = ["native", "mlx"] if native.available() else ["mlx"]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("prompt_name", [None, "query", "document"])
-def test_float32_matches_sentence_transformers_in_padded_batches(tiny_source, tiny_f32, prompt_name, stream_weights):
-    model = load(tiny_f32, stream_weights=stream_weights)
+def test_float32_matches_sentence_transformers_in_padded_batches(tiny_source, tiny_f32, prompt_name, kernels):
+    model = load(tiny_f32, kernels=kernels)
     ids = our_ids(model, TEXTS, prompt_name)
     expected = reference_embeddings(tiny_source, ids)
     ours = model.encode(TEXTS, prompt_name=prompt_name, batch_size=len(TEXTS))
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
-def test_float32_matches_sentence_transformers_one_text_at_a_time(tiny_source, tiny_f32):
-    model = load(tiny_f32)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_float32_matches_sentence_transformers_one_text_at_a_time(tiny_source, tiny_f32, kernels):
+    model = load(tiny_f32, kernels=kernels)
     ids = our_ids(model, TEXTS, "query")
     expected = np.concatenate([reference_embeddings(tiny_source, [seq]) for seq in ids])
     ours = np.stack([model.encode_query(t) for t in TEXTS])
@@ -67,29 +70,37 @@ def test_quantized_tiny_model_stays_close(tiny_f32, tiny_q4):
     assert np.all(np.isfinite(quant)) and cosines.min() > 0.9
 
 
-def test_streamed_weights_give_the_same_embeddings(tiny_q4):
-    from mlx_embedgemma.mapped import MappedLinear
-
-    streamed, resident = load(tiny_q4, stream_weights=True), load(tiny_q4, stream_weights=False)
-    assert isinstance(streamed.network.model.layers[0].mlp.up_proj, MappedLinear)
-    assert streamed.streams_weights and not resident.streams_weights
-    np.testing.assert_allclose(streamed.encode(TEXTS), resident.encode(TEXTS), atol=1e-6)
-
-
-def test_weights_stream_by_default_only_where_it_costs_no_speed(tiny_f32, tiny_q4):
-    # The CPU dequantizes every matrix per call anyway; float models would pay a full copy per call.
-    assert load(tiny_q4).streams_weights == (mx.default_device() == mx.cpu)
-    assert not load(tiny_f32).streams_weights
+@pytest.mark.skipif(not native.available(), reason=f"native kernels not built: {native.unavailable_reason()}")
+@pytest.mark.parametrize("folder", ["tiny_q4", "tiny_f32"])
+def test_native_plan_equals_mlx_own_operations(folder, request):
+    # The same stored weights through MLX's quantized_matmul / matmul, sdpa and gelu_approx, and through
+    # the native kernels, read in place from the file. Both compute in float32 and differ only in
+    # summation order: after 4 layers of a 64-wide model that stays far below 1e-5, while a wrong
+    # nibble order, scale or mask moves these unit vectors by 1e-2 or more.
+    path = request.getfixturevalue(folder)
+    ours, theirs = load(path, kernels="native"), load(path, kernels="mlx")
+    assert ours.plan.kernels == "native" and ours.plan.weights == "mapped" and theirs.plan.kernels == "mlx"
+    np.testing.assert_allclose(ours.encode(TEXTS, batch_size=len(TEXTS)), theirs.encode(TEXTS, batch_size=len(TEXTS)), atol=1e-5)
 
 
-def test_blockwise_attention_and_chunked_mlp_match_sentence_transformers(tiny_source, tiny_f32, monkeypatch):
-    # Real inputs switch to query blocks past 512 tokens and MLP chunks past 1,024; tiny blocks and
-    # chunks make the tiny model take those paths.
+def test_linear_layers_are_read_in_place_on_the_native_plan(tiny_q4):
+    from mlx_embedgemma.native_layers import NativeLinear
+
+    model = load(tiny_q4)
+    if model.plan.kernels != "native":
+        pytest.skip(f"this machine's plan is {model.plan.describe()}")
+    assert isinstance(model.network.model.layers[0].mlp.up_proj, NativeLinear)
+    stored = [n for n, _ in tree_flatten(model.network.parameters()) if n.startswith("model.layers.") and "proj" in n]
+    assert stored == [], "the plan reads the Linear weights from the file; none should be resident"
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_blockwise_attention_matches_sentence_transformers(tiny_source, tiny_f32, monkeypatch, kernels):
+    # Real inputs switch to query blocks past 512 tokens; tiny blocks make the tiny model take that path.
     from mlx_embedgemma import model as network
 
     monkeypatch.setattr(network, "QUERY_BLOCK", 4)
-    monkeypatch.setattr(network, "MLP_CHUNK", 7)
-    model = load(tiny_f32)
+    model = load(tiny_f32, kernels=kernels)
     ids = our_ids(model, TEXTS, "document")
     expected = reference_embeddings(tiny_source, ids)
     np.testing.assert_allclose(model.encode_document(TEXTS, batch_size=len(TEXTS)), expected, atol=1e-4)

@@ -2,8 +2,10 @@
 
 - ``mlx_embedgemma.integrations.langchain.MLXEmbedGemmaEmbeddings`` (``pip install 'mlx-embedgemma[langchain]'``)
 - ``mlx_embedgemma.integrations.llamaindex.MLXEmbedGemmaEmbedding`` (``pip install 'mlx-embedgemma[llamaindex]'``)
+- ``mlx_embedgemma.integrations.ray.embed_dataset``: a Ray Dataset's text column embedded by a pool of
+  actors (``pip install 'mlx-embedgemma[ray]'``); ``ray_files.embed_files`` runs it over files, resumably
 
-Both embed queries with the model's ``query`` prompt and documents with its ``document`` prompt, as
+The first two embed queries with the model's ``query`` prompt and documents with its ``document`` prompt, as
 EmbeddingGemma was trained to be used for retrieval, and take ``dim`` (a Matryoshka size).
 """
 

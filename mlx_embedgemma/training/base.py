@@ -1,7 +1,7 @@
 """The network to train, read from BASE: a sentence-transformers folder or a float folder from `convert --no-quantize`.
 
-Never through ``load()``: that applies inference-only tricks (memory-mapped tables, in-place numpy
-activations) that gradients cannot flow through.
+Never through ``load()``: that applies inference-only plans (memory-mapped tables, native CPU kernels)
+that gradients cannot flow through; the plain network of ``model.py`` is pure MLX.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from mlx_embedgemma.loading import CONFIG_FILE, ModelFolderError, model_args, read_config, weight_problems
-from mlx_embedgemma.model import MLP, EmbeddingGemmaModel
+from mlx_embedgemma.model import EmbeddingGemmaModel
 from mlx_embedgemma.tokenizer import Tokenizer, open_tokenizer
 
 
@@ -30,13 +29,6 @@ class Base:
     source: str  # what BASE was, recorded in the exported folder
 
 
-class DifferentiableMLP(MLP):
-    """Gemma's gated MLP in plain MLX: the inference kernel writes numpy in place, which autograd cannot see."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.gelu_approx(self.gate_proj(x)) * self.up_proj(x))
-
-
 def load_base(path: str | Path) -> Base:
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -47,10 +39,6 @@ def load_base(path: str | Path) -> Base:
         network, config, tokenizer, _ = open_source(folder)
     else:
         network, config, tokenizer = _float_folder(folder)
-    for layer in network.model.layers:
-        mlp = DifferentiableMLP(layer.mlp.gate_proj.weight.shape[1], layer.mlp.gate_proj.weight.shape[0])
-        mlp.update(layer.mlp.parameters())
-        layer.mlp = mlp
     return Base(network, config, tokenizer, str(path))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_embedgemma.convert.output import fsync
+from mlx_embedgemma.durable import sync_path
 
 STATE_FILE = "state.json"
 
@@ -44,14 +44,14 @@ def save(folder: Path, step: int, parameters: dict, optimizer_state: dict, setti
     weights = f"state-{step}.safetensors"
     tmp = folder / f".tmp-{weights}"  # MLX appends .safetensors to any other suffix
     mx.save_safetensors(str(tmp), arrays)
-    fsync(tmp)
+    sync_path(tmp)
     os.replace(tmp, folder / weights)
     state = folder / f".{STATE_FILE}.tmp"
     state.write_text(json.dumps({"step": step, "weights": weights, "settings": settings}, indent=1), encoding="utf-8")
-    fsync(state)
+    sync_path(state)
     previous = _read_state(folder).get("weights") if (folder / STATE_FILE).is_file() else None
     os.replace(state, folder / STATE_FILE)
-    fsync(folder)
+    sync_path(folder)
     if previous and previous != weights:
         (folder / previous).unlink(missing_ok=True)
 

@@ -1,0 +1,1 @@
+"""C sources of the CPU kernels (see mlx_embedgemma/native.py); the built library lands here."""

@@ -1,0 +1,448 @@
+/* mlx-embedgemma's CPU kernels: matmul straight from MLX's affine-quantized layout, attention with
+ * EmbeddingGemma's masks, and the gated GELU. Loaded with ctypes (mlx_embedgemma/native.py); no
+ * Python API, no dependency beyond libc and pthreads.
+ *
+ * Why they exist: MLX's CPU backend has no fast quantized matmul and, on x86, runs transcendental and
+ * attention code in scalar loops; the stock Linux wheel also links the reference BLAS. The benchmark
+ * records in benchmarks/results/ show what each of these costs and buys.
+ *
+ * One source, several instruction sets: kernels_impl.h is included once per target (AVX-512, AVX2+FMA,
+ * SSE2 on x86-64; NEON on arm64; plain C elsewhere), and the best one the CPU supports is chosen at
+ * run time. Work is split over a small pool of threads that survives fork() (pthread_atfork).
+ */
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SPIN_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define SPIN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define SPIN_PAUSE() ((void)0)
+#endif
+
+#define EG_ABI_VERSION 1
+
+enum { W_AFFINE = 0, W_F32 = 1, W_BF16 = 2 };
+
+struct weights {
+    int kind;
+    const void *data; /* packed codes (uint32 words), or float32 / bfloat16 values, N x K */
+    const uint16_t *scales, *biases; /* float16, N x K / group (affine only) */
+    int64_t K;
+    int group, bits;
+};
+
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalize */
+            int e = -1;
+            uint32_t m = mant;
+            do {
+                e++;
+                m <<= 1;
+            } while (!(m & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((m & 0x3FF) << 13);
+        }
+    } else if (exp == 0x1F) {
+        bits = sign | 0x7F800000 | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ------------------------------------------------------------------ one copy of the kernels per ISA */
+
+#if defined(__x86_64__)
+#if defined(__clang__)
+#define TARGET_PUSH(t) _Pragma("clang attribute push (__attribute__((target(\"" t "\"))), apply_to = function)")
+#define TARGET_POP _Pragma("clang attribute pop")
+#else
+#define PRAGMA_(x) _Pragma(#x)
+#define TARGET_PUSH(t) _Pragma("GCC push_options") PRAGMA_(GCC target(t))
+#define TARGET_POP _Pragma("GCC pop_options")
+#endif
+
+TARGET_PUSH("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#define ISA avx512
+#define VL 16
+#include "kernels_impl.h"
+#undef ISA
+#undef VL
+TARGET_POP
+
+TARGET_PUSH("avx2,fma")
+#define ISA avx2
+#define VL 8
+#include "kernels_impl.h"
+#undef ISA
+#undef VL
+TARGET_POP
+#endif
+
+#if defined(__aarch64__)
+#define ISA neon
+#define VL 4
+#include "kernels_impl.h"
+#undef ISA
+#undef VL
+#endif
+
+#define ISA generic
+#define VL 4
+#include "kernels_impl.h"
+#undef ISA
+#undef VL
+
+struct isa {
+    const char *name;
+    void (*matmul_tile)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
+    void (*gelu_mul)(const float *, const float *, float *, int64_t);
+    void (*attend_block)(const float *, int64_t, const float *, const float *, int64_t, const uint8_t *, int64_t, int64_t,
+                         int64_t, int64_t, float, int64_t, float *, int64_t, float *);
+};
+
+#define ISA_ENTRY(s) {#s, matmul_tile_##s, gelu_mul_##s, attend_block_##s}
+static const struct isa ISAS[] = {
+#if defined(__x86_64__)
+    ISA_ENTRY(avx512),
+    ISA_ENTRY(avx2),
+#endif
+#if defined(__aarch64__)
+    ISA_ENTRY(neon),
+#endif
+    ISA_ENTRY(generic),
+};
+#define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
+
+static int isa_supported(const struct isa *isa) {
+#if defined(__x86_64__)
+    if (!strcmp(isa->name, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    if (!strcmp(isa->name, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    (void)isa;
+    return 1; /* neon is part of arm64; generic runs anywhere */
+}
+
+static const struct isa *current;
+
+static const struct isa *isa_now(void) {
+    if (!current)
+        for (int i = 0; i < N_ISAS && !current; i++)
+            if (isa_supported(&ISAS[i])) current = &ISAS[i];
+    return current;
+}
+
+/* ------------------------------------------------------------------------------------- thread pool */
+
+typedef void (*task_fn)(void *ctx, int64_t task, float **scratch, size_t *capacity);
+
+static struct {
+    pthread_mutex_t run; /* one job at a time, whoever calls */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    int threads;   /* wanted, the calling thread included */
+    int started;   /* workers running */
+    pthread_t *workers;
+    int stop;
+    /* the current job */
+    task_fn fn;
+    void *ctx;
+    int64_t tasks;
+    atomic_llong next;
+    atomic_int busy;
+    atomic_ulong generation;
+    unsigned long born; /* the generation new workers start from: the next job is theirs */
+} pool = {.run = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .threads = 1};
+
+/* Spin briefly for the next job before sleeping: a forward pass issues ~200 calls in a row, but a longer
+ * spin steals the core from whatever runs between them (BLAS threads of numpy or torch, MLX). */
+#define SPIN_ROUNDS 2000
+
+static void take_tasks(float **scratch, size_t *capacity) {
+    for (;;) {
+        const int64_t t = atomic_fetch_add(&pool.next, 1);
+        if (t >= pool.tasks) break;
+        pool.fn(pool.ctx, t, scratch, capacity);
+    }
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    float *scratch = NULL;
+    size_t capacity = 0;
+    unsigned long seen = pool.born;
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen) {
+            if (++spins < SPIN_ROUNDS) {
+                SPIN_PAUSE();
+                continue;
+            }
+            pthread_mutex_lock(&pool.mu);
+            while (atomic_load(&pool.generation) == seen && !pool.stop) pthread_cond_wait(&pool.wake, &pool.mu);
+            pthread_mutex_unlock(&pool.mu);
+            break;
+        }
+        if (pool.stop) break;
+        seen = atomic_load(&pool.generation);
+        take_tasks(&scratch, &capacity);
+        atomic_fetch_sub_explicit(&pool.busy, 1, memory_order_release);
+    }
+    free(scratch);
+    return NULL;
+}
+
+static void stop_workers(void) {
+    if (!pool.started) return;
+    pthread_mutex_lock(&pool.mu);
+    pool.stop = 1;
+    atomic_fetch_add(&pool.generation, 1);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
+    for (int i = 0; i < pool.started; i++) pthread_join(pool.workers[i], NULL);
+    free(pool.workers);
+    pool.workers = NULL;
+    pool.started = 0;
+    pool.stop = 0;
+}
+
+static void start_workers(void) {
+    const int n = pool.threads - 1;
+    if (pool.started || n <= 0) return;
+    pool.workers = calloc((size_t)n, sizeof(pthread_t));
+    if (!pool.workers) return;
+    pool.born = atomic_load(&pool.generation);
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&pool.workers[i], NULL, worker, NULL)) break;
+        pool.started++;
+    }
+}
+
+/* After fork() only the forking thread exists: forget the workers, start new ones on the next call. */
+static void atfork_prepare(void) { pthread_mutex_lock(&pool.run); }
+static void atfork_parent(void) { pthread_mutex_unlock(&pool.run); }
+static void atfork_child(void) {
+    pthread_mutex_init(&pool.run, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    free(pool.workers);
+    pool.workers = NULL;
+    pool.started = 0;
+    pool.stop = 0;
+    atomic_store(&pool.busy, 0);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
+
+static __thread float *caller_scratch;
+static __thread size_t caller_capacity;
+
+static void run(task_fn fn, void *ctx, int64_t tasks) {
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&pool.run);
+    if (tasks <= 1 || pool.threads <= 1) {
+        for (int64_t t = 0; t < tasks; t++) fn(ctx, t, &caller_scratch, &caller_capacity);
+        pthread_mutex_unlock(&pool.run);
+        return;
+    }
+    start_workers();
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.tasks = tasks;
+    atomic_store(&pool.next, 0);
+    atomic_store(&pool.busy, pool.started);
+    pthread_mutex_lock(&pool.mu);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
+    take_tasks(&caller_scratch, &caller_capacity);
+    while (atomic_load_explicit(&pool.busy, memory_order_acquire) > 0) SPIN_PAUSE();
+    pthread_mutex_unlock(&pool.run);
+}
+
+static float *scratch_of(float **scratch, size_t *capacity, size_t floats) {
+    if (*capacity < floats) {
+        free(*scratch);
+        *scratch = malloc(floats * sizeof(float));
+        *capacity = *scratch ? floats : 0;
+    }
+    return *scratch;
+}
+
+/* -------------------------------------------------------------------------------------- public API */
+
+#ifdef _WIN32
+/* Built as a Python extension by setuptools, which exports this name on Windows; never called. */
+__declspec(dllexport) void *PyInit_eg_kernels(void) { return NULL; }
+#endif
+
+int eg_abi_version(void) { return EG_ABI_VERSION; }
+
+const char *eg_isa(void) { return isa_now()->name; }
+
+/* Names of the kernels this build has, comma-separated, best first (whether this CPU runs them or not). */
+const char *eg_isas(void) {
+    static char names[128];
+    if (!names[0])
+        for (int i = 0; i < N_ISAS; i++) {
+            if (i) strcat(names, ",");
+            strcat(names, ISAS[i].name);
+        }
+    return names;
+}
+
+/* Use the named kernel; 0 if this build lacks it or this CPU cannot run it. */
+int eg_select_isa(const char *name) {
+    for (int i = 0; i < N_ISAS; i++)
+        if (!strcmp(ISAS[i].name, name)) {
+            if (!isa_supported(&ISAS[i])) return 0;
+            current = &ISAS[i];
+            return 1;
+        }
+    return 0;
+}
+
+int eg_threads(void) { return pool.threads; }
+
+void eg_set_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > 256) n = 256;
+    pthread_mutex_lock(&pool.run);
+    if (n != pool.threads) {
+        stop_workers();
+        pool.threads = n;
+    }
+    pthread_mutex_unlock(&pool.run);
+}
+
+struct matmul_job {
+    struct weights w;
+    const float *x;
+    float *y;
+    int64_t M, N, m_block, n_block, n_tiles;
+};
+
+static void matmul_task(void *p, int64_t t, float **scratch, size_t *capacity) {
+    const struct matmul_job *j = p;
+    const int64_t m0 = (t / j->n_tiles) * j->m_block, n0 = (t % j->n_tiles) * j->n_block;
+    const int64_t m1 = m0 + j->m_block < j->M ? m0 + j->m_block : j->M, n1 = n0 + j->n_block < j->N ? n0 + j->n_block : j->N;
+    float *buf = j->w.kind == W_F32 ? NULL : scratch_of(scratch, capacity, (size_t)(8 * j->w.K)); /* ROWS <= 8 */
+    if (j->w.kind != W_F32 && !buf) return;
+    isa_now()->matmul_tile(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf);
+}
+
+/* Tokens per tile: they share each dequantized row while it is in L1, and their activations (up to
+ * 64 x 3072 floats) stay in L2 across the tile's rows. */
+#define M_BLOCK 64
+
+/* y (M x N) = x (M x K) @ W.T for W of `kind`: affine codes with float16 scales and biases (bits 4 or 8,
+ * group 32/64/128), float32, or bfloat16. Returns 0, or -1 for arguments it cannot serve. */
+int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
+              int64_t N, int group, int bits, float *y) {
+    if (M < 0 || K <= 0 || N <= 0 || (kind != W_AFFINE && kind != W_F32 && kind != W_BF16)) return -1;
+    if (kind == W_AFFINE && ((bits != 4 && bits != 8) || group < 8 || group % 8 || K % group || !scales || !biases))
+        return -1;
+    if (M == 0) return 0;
+    struct matmul_job j = {{kind, w, scales, biases, K, group, bits}, x, y, M, N, M_BLOCK, 0, 0};
+    const int64_t m_tiles = (M + M_BLOCK - 1) / M_BLOCK;
+    /* about four tiles per thread for balance, whole register blocks of 4 rows */
+    int64_t want = (int64_t)pool.threads * 4 / m_tiles;
+    if (want < 1) want = 1;
+    int64_t n_block = (N + want - 1) / want;
+    n_block = (n_block + 3) / 4 * 4;
+    if (n_block < 16) n_block = 16;
+    j.n_block = n_block;
+    j.n_tiles = (N + n_block - 1) / n_block;
+    run(matmul_task, &j, m_tiles * j.n_tiles);
+    return 0;
+}
+
+struct gelu_job {
+    const float *gate, *up;
+    float *out;
+    int64_t n, chunk;
+};
+
+static void gelu_task(void *p, int64_t t, float **scratch, size_t *capacity) {
+    (void)scratch, (void)capacity;
+    const struct gelu_job *j = p;
+    const int64_t i0 = t * j->chunk, i1 = i0 + j->chunk < j->n ? i0 + j->chunk : j->n;
+    isa_now()->gelu_mul(j->gate + i0, j->up + i0, j->out + i0, i1 - i0);
+}
+
+/* out = gelu_tanh(gate) * up, elementwise over n floats (out may be up). */
+void eg_gelu_mul(const float *gate, const float *up, float *out, int64_t n) {
+    struct gelu_job j = {gate, up, out, n, 16384};
+    run(gelu_task, &j, (n + j.chunk - 1) / j.chunk);
+}
+
+struct attention_job {
+    const float *q, *k, *v;
+    const uint8_t *valid;
+    float *out;
+    int64_t B, Hq, Hkv, L, D, radius, q_block, q_blocks;
+    float scale;
+    int64_t lengths[];
+};
+
+/* Queries per task: their scores against up to 2,048 keys stay in L2. */
+#define Q_BLOCK 32
+
+static void attention_task(void *p, int64_t t, float **scratch, size_t *capacity) {
+    const struct attention_job *j = p;
+    const int64_t blk = t % j->q_blocks, h = (t / j->q_blocks) % j->Hq, b = t / (j->q_blocks * j->Hq);
+    const int64_t len = j->lengths[b], i0 = blk * j->q_block;
+    if (i0 >= len) return; /* padding queries: their rows stay zero */
+    const int64_t i1 = i0 + j->q_block < len ? i0 + j->q_block : len;
+    const int64_t kv = h / (j->Hq / j->Hkv), L = j->L, D = j->D;
+    float *scores = scratch_of(scratch, capacity, (size_t)(j->q_block * L));
+    if (!scores) return;
+    const float *q = j->q + ((b * j->Hq + h) * L + i0) * D;
+    const float *k = j->k + (b * j->Hkv + kv) * L * D, *v = j->v + (b * j->Hkv + kv) * L * D;
+    float *out = j->out + ((b * L + i0) * j->Hq + h) * D;
+    /* keys past the last real token are all padding: `len` leaves them out of the range */
+    isa_now()->attend_block(q, D, k, v, D, j->valid + b * L, i0, i1, len, D, j->scale, j->radius, out, j->Hq * D, scores);
+}
+
+/* Bidirectional attention as EmbeddingGemma runs it. q: (B, Hq, L, D); k, v: (B, Hkv, L, D); valid: (B, L),
+ * 1 for real tokens, which must come first in each row (right padding). A query sees the real keys within
+ * `radius` positions (radius < 0: all of them) and itself. out: (B, L, Hq, D), zero on padding rows. */
+int eg_attention(const float *q, const float *k, const float *v, const uint8_t *valid, int64_t B, int64_t Hq, int64_t Hkv,
+                 int64_t L, int64_t D, float scale, int64_t radius, float *out) {
+    if (B <= 0 || Hq <= 0 || Hkv <= 0 || Hq % Hkv || L <= 0 || D <= 0) return -1;
+    struct attention_job *j = malloc(sizeof *j + (size_t)B * sizeof(int64_t));
+    if (!j) return -1;
+    *j = (struct attention_job){q, k, v, valid, out, B, Hq, Hkv, L, D, radius, Q_BLOCK, (L + Q_BLOCK - 1) / Q_BLOCK, scale};
+    for (int64_t b = 0; b < B; b++) {
+        int64_t len = 0;
+        while (len < L && valid[b * L + len]) len++;
+        for (int64_t i = len; i < L; i++)
+            if (valid[b * L + i]) { /* not right-padded */
+                free(j);
+                return -2;
+            }
+        j->lengths[b] = len;
+    }
+    memset(out, 0, (size_t)(B * L * Hq * D) * sizeof(float));
+    run(attention_task, j, B * Hq * j->q_blocks);
+    free(j);
+    return 0;
+}

@@ -1,0 +1,257 @@
+/* The CPU kernels, written once and compiled once per instruction set (see kernels.c).
+ *
+ * Including file defines: ISA (suffix of every function name here) and VL (floats per vector).
+ * GCC/Clang vector extensions instead of intrinsics: the same source becomes AVX-512, AVX2+FMA,
+ * NEON or SSE2 code, depending on the target the including file switched on around it.
+ */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, ISA)
+
+typedef float CAT(vf, ISA) __attribute__((vector_size(VL * 4)));
+typedef uint32_t CAT(vu, ISA) __attribute__((vector_size(VL * 4)));
+typedef int32_t CAT(vi, ISA) __attribute__((vector_size(VL * 4)));
+typedef uint8_t CAT(vb, ISA) __attribute__((vector_size(VL)));
+#define vf CAT(vf, ISA)
+#define vu CAT(vu, ISA)
+#define vi CAT(vi, ISA)
+#define vb CAT(vb, ISA)
+
+/* Output rows dequantized together, and tokens per register block: ROWS x TOKENS accumulators. Chosen
+ * by measurement (benchmarks/results/kernel-*.jsonl): 4 x 3 fills AVX2's 16 registers; AVX-512 and NEON
+ * have 32. EG_ROWS / EG_TOKENS override them for such measurements. */
+#ifdef EG_ROWS
+#define ROWS EG_ROWS
+#else
+#define ROWS 4
+#endif
+#ifdef EG_TOKENS
+#define TOKENS EG_TOKENS
+#elif VL >= 16 || defined(__aarch64__)
+#define TOKENS 4
+#else
+#define TOKENS 3
+#endif
+
+static inline vf FN(load)(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v); /* unaligned: mapped safetensors data has no alignment */
+    return v;
+}
+
+static inline void FN(store)(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+static inline float FN(hsum)(vf v) {
+    float s = 0.f;
+    for (int i = 0; i < VL; i++) s += v[i];
+    return s;
+}
+
+/* Row n of an affine-quantized matrix as floats: w = scale * q + bias, group by group, as mx.dequantize. */
+static void FN(dequant_row)(const struct weights *w, int64_t n, float *out) {
+    const int64_t K = w->K, groups = K / w->group;
+    const uint16_t *s = w->scales + n * groups, *b = w->biases + n * groups;
+    if (w->bits == 4) {
+        const uint8_t *row = (const uint8_t *)w->data + n * (K / 2);
+        vu shifts, high = {0}; /* lane i takes nibble i % 8 of word i / 8 */
+        for (int i = 0; i < VL; i++) shifts[i] = 4 * (i % 8), high[i] = i >= 8 ? ~0u : 0u;
+        for (int64_t g = 0; g < groups; g++) {
+            const float sc = half_to_float(s[g]), bi = half_to_float(b[g]);
+            for (int64_t k = g * w->group; k < (g + 1) * w->group; k += VL) {
+                /* element k sits in the low nibble of byte k / 2 (MLX packs little-endian) */
+                uint32_t packed[2] = {0, 0};
+                memcpy(packed, row + k / 2, VL / 2 < 8 ? VL / 2 : 8);
+                const vu words = VL > 8 ? (((vu){0} + packed[0]) & ~high) | (((vu){0} + packed[1]) & high) : (vu){0} + packed[0];
+                const vi q = (vi)((words >> shifts) & 0xF);
+                FN(store)(out + k, __builtin_convertvector(q, vf) * sc + bi);
+            }
+        }
+    } else { /* 8 bits */
+        const uint8_t *row = (const uint8_t *)w->data + n * K;
+        for (int64_t g = 0; g < groups; g++) {
+            const float sc = half_to_float(s[g]), bi = half_to_float(b[g]);
+            for (int64_t k = g * w->group; k < (g + 1) * w->group; k += VL) {
+                vb q;
+                memcpy(&q, row + k, sizeof q);
+                FN(store)(out + k, __builtin_convertvector(__builtin_convertvector(q, vi), vf) * sc + bi);
+            }
+        }
+    }
+}
+
+static void FN(bf16_row)(const uint16_t *src, int64_t K, float *out) {
+    int64_t k = 0;
+    for (; k + VL <= K; k += VL) {
+        vu v;
+        for (int i = 0; i < VL; i++) v[i] = (uint32_t)src[k + i] << 16;
+        vf f;
+        memcpy(&f, &v, sizeof f);
+        FN(store)(out + k, f);
+    }
+    for (; k < K; k++) {
+        uint32_t v = (uint32_t)src[k] << 16;
+        memcpy(out + k, &v, 4);
+    }
+}
+
+/* Dot products of `rows` weight rows (stride K) with `tokens` activation rows (stride ldx), K values each:
+ * y[t * ldy + r] = sum_k x[t][k] * w[r][k]. The register block is ROWS x TOKENS accumulators. */
+static void FN(dot_block)(const float *x, int64_t ldx, int tokens, const float *w, int64_t ldw, int rows, int64_t K,
+                          float *y, int64_t ldy) {
+    vf acc[TOKENS][ROWS];
+    for (int t = 0; t < TOKENS; t++)
+        for (int r = 0; r < ROWS; r++) acc[t][r] = (vf){0};
+    int64_t k = 0;
+    if (rows == ROWS && tokens == TOKENS) {
+        for (; k + VL <= K; k += VL) {
+            vf xv[TOKENS];
+            for (int t = 0; t < TOKENS; t++) xv[t] = FN(load)(x + t * ldx + k);
+            for (int r = 0; r < ROWS; r++) {
+                const vf wv = FN(load)(w + r * ldw + k);
+                for (int t = 0; t < TOKENS; t++) acc[t][r] += xv[t] * wv;
+            }
+        }
+    } else {
+        for (; k + VL <= K; k += VL)
+            for (int r = 0; r < rows; r++) {
+                const vf wv = FN(load)(w + r * ldw + k);
+                for (int t = 0; t < tokens; t++) acc[t][r] += FN(load)(x + t * ldx + k) * wv;
+            }
+    }
+    for (int t = 0; t < tokens; t++)
+        for (int r = 0; r < rows; r++) {
+            float s = FN(hsum)(acc[t][r]);
+            for (int64_t j = k; j < K; j++) s += x[t * ldx + j] * w[r * ldw + j];
+            y[t * ldy + r] = s;
+        }
+}
+
+/* y[m, n0:n1] for m in [m0, m1): rows of W made float ROWS at a time (into `buf`, or read in place when
+ * the weights are float32), then multiplied with every token of the block while they sit in L1. */
+static void FN(matmul_tile)(const struct weights *w, const float *x, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                            float *y, int64_t N, float *buf) {
+    const int64_t K = w->K;
+    for (int64_t n = n0; n < n1; n += ROWS) {
+        const int rows = (int)(n1 - n < ROWS ? n1 - n : ROWS);
+        const float *rowsp;
+        if (w->kind == W_F32) {
+            rowsp = (const float *)w->data + n * K;
+        } else {
+            for (int r = 0; r < rows; r++) {
+                if (w->kind == W_BF16)
+                    FN(bf16_row)((const uint16_t *)w->data + (n + r) * K, K, buf + r * K);
+                else
+                    FN(dequant_row)(w, n + r, buf + r * K);
+            }
+            rowsp = buf;
+        }
+        for (int64_t m = m0; m < m1; m += TOKENS) {
+            const int tokens = (int)(m1 - m < TOKENS ? m1 - m : TOKENS);
+            float out[TOKENS * ROWS];
+            FN(dot_block)(x + m * K, K, tokens, rowsp, K, rows, K, out, ROWS);
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < rows; r++) y[(m + t) * N + n + r] = out[t * ROWS + r];
+        }
+    }
+}
+
+/* out[i] = gelu_tanh(gate[i]) * up[i]; tanh(u) = 1 - 2 / (exp(2u) + 1), exp by range reduction and a
+ * degree-6 polynomial (relative error < 2e-7 over the clamped range), so the loop vectorizes. */
+static void FN(gelu_mul)(const float *gate, const float *up, float *out, int64_t n) {
+    const float c = 0.7978845608028654f, c3 = 0.044715f * 0.7978845608028654f;
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        float u = 2.f * g * (c + c3 * g * g);
+        u = u > 80.f ? 80.f : (u < -80.f ? -80.f : u);
+        /* exp(u) = 2^j * exp(r), r in [-ln2/2, ln2/2] */
+        const float j = __builtin_floorf(u * 1.4426950408889634f + 0.5f);
+        const float r = u - j * 0.693145751953125f - j * 1.428606765330187e-06f;
+        float p = 1.f / 720.f;
+        p = p * r + 1.f / 120.f;
+        p = p * r + 1.f / 24.f;
+        p = p * r + 1.f / 6.f;
+        p = p * r + 0.5f;
+        p = p * r + 1.f;
+        p = p * r + 1.f;
+        int32_t bits = ((int32_t)j + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, 4);
+        const float e = p * scale;
+        const float t = 1.f - 2.f / (e + 1.f);
+        out[i] = 0.5f * g * (1.f + t) * up[i];
+    }
+}
+
+/* One query block of one head: scores against the keys it may see, softmax, weighted values.
+ * q: (Lq, D) rows with stride ldq; k, v: (L, D) rows with stride ldk; out rows with stride ldo. */
+static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk, const uint8_t *valid,
+                             int64_t i0, int64_t i1, int64_t L, int64_t D, float scale, int64_t radius, float *out,
+                             int64_t ldo, float *scores) {
+    const int64_t lo = radius < 0 ? 0 : (i0 - radius > 0 ? i0 - radius : 0);
+    const int64_t hi = radius < 0 ? L : (i1 + radius < L ? i1 + radius : L);
+    const int64_t R = hi - lo, Lq = i1 - i0;
+    /* scores[i][j] = q_i . k_j, TOKENS queries x ROWS keys at a time */
+    for (int64_t i = 0; i < Lq; i += TOKENS) {
+        const int tokens = (int)(Lq - i < TOKENS ? Lq - i : TOKENS);
+        for (int64_t j = 0; j < R; j += ROWS) {
+            const int rows = (int)(R - j < ROWS ? R - j : ROWS);
+            FN(dot_block)(q + i * ldq, ldq, tokens, k + (lo + j) * ldk, ldk, rows, D, scores + i * R + j, R);
+        }
+    }
+    for (int64_t i = 0; i < Lq; i++) {
+        float *s = scores + i * R;
+        const int64_t qi = i0 + i;
+        float mx = -3.4e38f;
+        for (int64_t j = 0; j < R; j++) {
+            const int64_t kj = lo + j, d = kj > qi ? kj - qi : qi - kj;
+            const int seen = kj == qi || (valid[kj] && (radius < 0 || d <= radius));
+            s[j] = seen ? s[j] * scale : -3.4e38f;
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < R; j++) {
+            s[j] = s[j] <= -3.4e38f ? 0.f : expf(s[j] - mx);
+            sum += s[j];
+        }
+        const float inv = 1.f / sum;
+        for (int64_t j = 0; j < R; j++) s[j] *= inv;
+    }
+    /* out_i = sum_j p_ij v_j, four queries and two vectors of D at a time */
+    for (int64_t d = 0; d < D; d += 2 * VL) {
+        const int wide = d + 2 * VL <= D;
+        for (int64_t i = 0; i < Lq; i += 4) {
+            const int n = (int)(Lq - i < 4 ? Lq - i : 4);
+            if (wide) {
+                vf a0[4], a1[4];
+                for (int t = 0; t < 4; t++) a0[t] = a1[t] = (vf){0};
+                for (int64_t j = 0; j < R; j++) {
+                    const vf v0 = FN(load)(v + (lo + j) * ldk + d), v1 = FN(load)(v + (lo + j) * ldk + d + VL);
+                    for (int t = 0; t < n; t++) {
+                        const float p = scores[(i + t) * R + j];
+                        a0[t] += p * v0;
+                        a1[t] += p * v1;
+                    }
+                }
+                for (int t = 0; t < n; t++) {
+                    FN(store)(out + (i + t) * ldo + d, a0[t]);
+                    FN(store)(out + (i + t) * ldo + d + VL, a1[t]);
+                }
+            } else {
+                for (int t = 0; t < n; t++)
+                    for (int64_t dd = d; dd < D; dd++) {
+                        float a = 0.f;
+                        for (int64_t j = 0; j < R; j++) a += scores[(i + t) * R + j] * v[(lo + j) * ldk + dd];
+                        out[(i + t) * ldo + dd] = a;
+                    }
+            }
+        }
+    }
+}
+
+#undef vf
+#undef vu
+#undef vi
+#undef vb
+#undef ROWS
+#undef TOKENS

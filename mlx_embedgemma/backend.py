@@ -1,0 +1,246 @@
+"""The backend plan: how this process runs the network on this device, decided once, at ``load()``.
+
+One place decides, per platform and device, which matmul, attention and activation kernels run, where
+the weights live (read in place from the memory-mapped file, or resident), how many tokens one forward
+pass takes, how many threads compute, and how MLX's buffer cache is kept bounded; the plan records why.
+``model.py`` stays plain MLX: the plan swaps in the modules it chose (``native_layers.py``).
+
+What was measured, and where (benchmarks/results/, see benchmarks/README.md):
+- Linux x86-64 CPU: MLX's CPU backend has no fast quantized matmul, runs transcendental functions and
+  attention in scalar loops, and its wheel links the reference BLAS; the native kernels replace all of
+  them (records: bench-linux-x86_64-2core.jsonl, kernels-linux-x86_64.jsonl).
+- CUDA (H200, random weights): MLX's quantized kernels are slower than dense float32 ones for batches
+  (bench-linux-cuda-h200-random-weights.jsonl), so quantized layers are dequantized once at load.
+- Not measured here: Metal, and the CPU of a Mac, where MLX's elementwise ops and matmuls go through
+  Accelerate. Those choices are reasoned, labelled ``unverified`` in ``reasons``, and
+  ``mlx-embedgemma bench --kernels native,mlx`` measures both plans side by side to settle them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
+
+from . import native
+from .mapped import SafetensorsMap
+from .model import Attend, GeluGate
+
+ENV_THREADS = "MLX_EMBEDGEMMA_THREADS"
+KERNEL_CHOICES = ("auto", "native", "mlx")
+# MLX's device state (streams, buffer cache, allocator) is process-wide: one forward pass at a time per
+# process, whichever model object runs it.
+FORWARD_LOCK = threading.Lock()
+# GPU buffers are costly to allocate, so the GPU plan keeps freed ones for reuse, up to this much.
+GPU_CACHE_LIMIT = 1 << 30
+
+
+_mlx_used_by: int | None = None  # the process that has run MLX on a device
+
+
+def claim_mlx() -> None:
+    """Note that this process runs MLX; refuse clearly where it cannot, instead of hanging.
+
+    MLX's scheduler threads do not survive fork(): a child forked after its parent ran MLX hangs in its
+    first MLX operation (mlx 0.32; tests/test_api.py shows it). Such a child gets this error instead.
+    """
+    global _mlx_used_by
+    pid = os.getpid()
+    if _mlx_used_by not in (None, pid):
+        raise RuntimeError(
+            "this process was forked from one that had already run MLX, whose threads do not survive fork(); "
+            "MLX would hang here. Start workers with multiprocessing's 'spawn' or 'forkserver' method (or load the "
+            "model only in the workers, e.g. gunicorn without --preload)"
+        )
+    _mlx_used_by = pid
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: str  # "cpu" or "gpu"
+    backend: str  # "cpu", "metal" or "cuda"
+    platform: str  # e.g. "linux-x86_64", "darwin-arm64"
+    kernels: str  # "native" (compiled CPU kernels, see native.py) or "mlx"
+    isa: str | None  # the native kernel's instruction set, e.g. "avx512"
+    linear: str  # "native", "mlx" or "mlx-dequantized" (quantized layers made float at load)
+    attention: str  # "native" or "mlx"
+    activation: str  # "native" or "mlx"
+    weights: str  # "mapped" (read in place from model.safetensors) or "resident"
+    threads: int  # native kernel threads (MLX's CPU ops are single-threaded)
+    max_batch_tokens: int  # padded tokens per forward pass: bounds activation memory
+    reasons: tuple[str, ...] = field(default=())
+
+    def describe(self) -> str:
+        isa = f" ({self.isa})" if self.isa else ""
+        return (f"{self.backend}: {self.kernels} kernels{isa}, linear {self.linear}, attention {self.attention}, "
+                f"activation {self.activation}, weights {self.weights}, {self.threads} threads, "
+                f"{self.max_batch_tokens} tokens per pass")
+
+
+def platform_name() -> str:
+    return f"{sys.platform}-{platform.machine().lower()}"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no affinity API
+        return os.cpu_count() or 1
+
+
+def thread_count(threads: int | None) -> int:
+    if threads is None:
+        value = os.environ.get(ENV_THREADS, "").strip()
+        if value:
+            try:
+                threads = int(value)
+            except ValueError:
+                raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value!r}") from None
+    if threads is None:
+        return available_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", threads: int | None = None,
+           device: mx.Device | None = None) -> Plan:
+    """The plan for MLX's default device (or ``device``): see the module docstring for what it rests on."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    device = device or mx.default_device()
+    threads = thread_count(threads)
+    where = platform_name()
+    if device.type == mx.gpu:
+        backend = "metal" if mx.metal.is_available() else "cuda"
+        if kernels == "native":
+            raise ValueError("the native kernels run on the CPU; use kernels='auto' or 'mlx' on the GPU")
+        reasons = ["GPU: MLX's own kernels; weights resident; freed buffers cached up to "
+                   f"{GPU_CACHE_LIMIT >> 20} MB for reuse instead of freed every pass"]
+        linear = "mlx"
+        if quantized and backend == "cuda":
+            linear = "mlx-dequantized"
+            reasons.append("CUDA: quantized layers dequantized to float once at load, since MLX's dense kernels "
+                           "are faster than its quantized ones for batches (H200 record)")
+        elif quantized:
+            reasons.append("Metal: MLX's quantized kernels (unverified here: no Mac has run this package)")
+        return Plan("gpu", backend, where, "mlx", None, linear, "mlx", "mlx", "resident", threads, 8192, tuple(reasons))
+
+    native_ok = native.available() and compute_dtype == mx.float32
+    if kernels == "native" and not native_ok:
+        why = native.unavailable_reason() if not native.available() else "they compute in float32 only"
+        raise ValueError(f"kernels='native' is not possible here: {why}")
+    if kernels == "mlx" or not native_ok:
+        why = ("asked for (kernels='mlx')" if kernels == "mlx" else
+               f"native kernels unavailable: {native.unavailable_reason()}" if not native.available() else
+               "bfloat16 compute: the native kernels are float32-only")
+        return Plan("cpu", "cpu", where, "mlx", None, "mlx", "mlx", "mlx", "resident", threads, 1024,
+                    (f"MLX's CPU operations: {why}",))
+
+    reasons = [
+        "quantized and float Linear layers: native matmul straight from the stored layout, weights read in place "
+        "from the memory-mapped file (measured on Linux x86-64)",
+        f"{threads} kernel threads ({'from ' + ENV_THREADS if os.environ.get(ENV_THREADS) else 'available cores'})",
+        "1,024 tokens per pass: throughput is flat above it on the CPU while activation memory grows (measured on "
+        "Linux x86-64)",
+    ]
+    if sys.platform == "darwin":
+        # MLX's CPU backend on macOS runs elementwise ops and float matmuls through Accelerate (vectorized,
+        # AMX on Apple silicon), unlike the scalar loops measured on Linux x86-64.
+        attention = activation = "mlx"
+        reasons.append("macOS: attention, activation and norms by MLX (Accelerate); quantized matmul native "
+                       "(NEON). Unverified: no Mac has run this package; `bench --kernels native,mlx` settles it")
+    else:
+        attention = activation = "native"
+        reasons.append("attention and gated GELU: native kernels (MLX's CPU loops are scalar on x86-64; measured)")
+    return Plan("cpu", "cpu", where, "native", native.isa(), "native", attention, activation, "mapped", threads, 1024,
+                tuple(reasons))
+
+
+def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> list[tuple[str, nn.Module]]:
+    """Swap in the modules the plan chose, once the network's resident weights are loaded.
+
+    ``file_of(prefix, module)`` gives the SafetensorsMap holding a Linear layer's tensors when the plan reads
+    it in place, else None (its resident copy is used). Returns the replaced modules, for ``restore``.
+    """
+    swaps: list[tuple[str, nn.Module]] = []
+    if plan.kernels == "native":
+        from . import native_layers as nl
+
+        native.set_threads(plan.threads)
+        for name, module in network.named_modules():
+            if isinstance(module, (nn.Linear, nn.QuantizedLinear)) and plan.linear == "native":
+                if sys.platform == "darwin" and not isinstance(module, nn.QuantizedLinear):
+                    continue  # float matmuls stay on Accelerate
+                file = file_of(name, module)
+                swaps.append((name, nl.NativeLinear.from_file(file, name, module) if file else nl.NativeLinear.from_module(module)))
+            elif isinstance(module, Attend) and plan.attention == "native":
+                swaps.append((name, nl.NativeAttend(module.scale, module.radius)))
+            elif isinstance(module, GeluGate) and plan.activation == "native":
+                swaps.append((name, nl.NativeGeluGate()))
+    elif plan.linear == "mlx-dequantized":
+        swaps = [(name, _dequantized(m)) for name, m in network.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    modules = dict(network.named_modules())
+    replaced = [(name, modules[name]) for name, _ in swaps]
+    network.update_modules(tree_unflatten(swaps))
+    if plan.device == "gpu":
+        previous = mx.set_cache_limit(GPU_CACHE_LIMIT)
+        if previous < GPU_CACHE_LIMIT:  # the application asked for less: keep its limit
+            mx.set_cache_limit(previous)
+    return replaced
+
+
+def restore(network: nn.Module, replaced: list[tuple[str, nn.Module]]) -> None:
+    """Undo ``apply``: the network's own modules back (the converter quantizes them afterwards)."""
+    network.update_modules(tree_unflatten(replaced))
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A Linear layer, whichever kernel runs it."""
+    from .native_layers import NativeLinear
+
+    return isinstance(module, (nn.Linear, nn.QuantizedLinear, NativeLinear))
+
+
+def _dequantized(q: nn.QuantizedLinear) -> nn.Linear:
+    weight = mx.dequantize(q.weight, q.scales.astype(mx.float32), q.biases.astype(mx.float32), q.group_size, q.bits)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in q)
+    layer.weight = weight
+    if "bias" in q:
+        layer.bias = q.bias
+    return layer
+
+
+def _malloc_trim():
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # a C library without it (musl)
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def after_pass(plan: Plan, maps: list[SafetensorsMap]) -> None:
+    """Keep memory flat across passes (call with FORWARD_LOCK held).
+
+    CPU: mapped pages leave the resident set (they stay in the page cache), MLX's cached buffers go back
+    to malloc, and glibc returns the freed heap to the system, or the peak creeps up pass after pass
+    (records: memory-linux-x86_64-2core.jsonl). GPU: the cache limit set at load bounds the cache.
+    """
+    if plan.device != "cpu":
+        return
+    for m in maps:
+        m.release()
+    mx.clear_cache()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

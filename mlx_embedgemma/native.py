@@ -1,0 +1,153 @@
+"""The compiled CPU kernels (``_native/kernels.c``), through ctypes.
+
+``pip install .`` builds them when a C compiler is present; without one the install still succeeds,
+``available()`` is False and the backend plan runs MLX's own operations instead. The library uses only
+libc and pthreads and changes nothing in the process at import: no BLAS is loaded, no symbol is
+exported globally (ctypes opens it RTLD_LOCAL), so torch, numpy and scipy compute as before.
+
+Arrays cross as pointers to their buffers: numpy arrays, or MLX arrays through ``np.asarray``, which
+views an evaluated MLX buffer without copying. ctypes releases the GIL for the duration of each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+ABI_VERSION = 1
+# Weight storage kinds, as kernels.c numbers them.
+AFFINE, FLOAT32, BFLOAT16 = 0, 1, 2
+ENV_DISABLE = "MLX_EMBEDGEMMA_NATIVE"  # "0" turns the kernels off (the plan then uses MLX's ops)
+
+_HERE = Path(__file__).resolve().parent / "_native"
+_lib: ctypes.CDLL | None = None
+_why_not = "not loaded yet"
+
+
+def _candidates() -> list[Path]:
+    # setuptools names the library like a Python extension (eg_kernels.cpython-311-x86_64-linux-gnu.so).
+    return [_HERE / f"eg_kernels{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+
+
+def _open() -> ctypes.CDLL | None:
+    global _lib, _why_not
+    if _lib is not None:
+        return _lib
+    if os.environ.get(ENV_DISABLE, "").strip() == "0":
+        _why_not = f"disabled by {ENV_DISABLE}=0"
+        return None
+    path = next((p for p in _candidates() if p.is_file()), None)
+    if path is None:
+        _why_not = "not built (no C compiler at install time?): reinstall with a compiler to get the fast CPU path"
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        _why_not = f"{path.name} cannot be loaded: {e}"
+        return None
+    lib.eg_abi_version.restype = ctypes.c_int
+    if lib.eg_abi_version() != ABI_VERSION:
+        _why_not = f"{path.name} is from another version of the package; reinstall it"
+        return None
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.eg_isa.restype = ctypes.c_char_p
+    lib.eg_isas.restype = ctypes.c_char_p
+    lib.eg_select_isa.argtypes, lib.eg_select_isa.restype = [ctypes.c_char_p], i32
+    lib.eg_threads.restype = i32
+    lib.eg_set_threads.argtypes = [i32]
+    lib.eg_matmul.argtypes = [p, i64, i64, i32, p, p, p, i64, i32, i32, p]
+    lib.eg_matmul.restype = i32
+    lib.eg_gelu_mul.argtypes = [p, p, p, i64]
+    lib.eg_attention.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_float, i64, p]
+    lib.eg_attention.restype = i32
+    _lib = lib
+    _why_not = ""
+    return lib
+
+
+def available() -> bool:
+    return _open() is not None
+
+
+def unavailable_reason() -> str:
+    _open()
+    return _why_not
+
+
+def _require() -> ctypes.CDLL:
+    lib = _open()
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {_why_not}")
+    return lib
+
+
+def isa() -> str:
+    """The instruction set of the kernel in use, e.g. 'avx512', 'avx2', 'neon', 'generic'."""
+    return _require().eg_isa().decode()
+
+
+def isas() -> list[str]:
+    """Kernels compiled into this build, best first (the CPU may not run all of them)."""
+    return _require().eg_isas().decode().split(",")
+
+
+def select_isa(name: str) -> None:
+    if not _require().eg_select_isa(name.encode()):
+        raise ValueError(f"kernel {name!r} is not in this build or not supported by this CPU; built: {', '.join(isas())}")
+
+
+def threads() -> int:
+    return _require().eg_threads()
+
+
+def set_threads(n: int) -> None:
+    _require().eg_set_threads(int(n))
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    if a is None:
+        return None
+    if not a.flags.c_contiguous:
+        raise ValueError("native kernels take C-contiguous arrays")
+    return a.ctypes.data
+
+
+def matmul(x: np.ndarray, weight: np.ndarray, kind: int, N: int, K: int, out: np.ndarray,
+           scales: np.ndarray | None = None, biases: np.ndarray | None = None, group_size: int = 0, bits: int = 0) -> None:
+    """out (M, N) = x (M, K) @ W.T, W stored as ``kind`` (affine codes with float16 scales/biases, float32, bfloat16).
+
+    ``weight``, ``scales`` and ``biases`` may be views of a memory-mapped file: they are read in place.
+    """
+    if x.dtype != np.float32 or out.dtype != np.float32 or x.shape[-1] != K or out.shape[-1] != N:
+        raise ValueError(f"matmul shapes/dtypes: x {x.shape} {x.dtype}, out {out.shape} {out.dtype}, K={K}, N={N}")
+    M = x.size // K
+    rc = _require().eg_matmul(_ptr(x), M, K, kind, _ptr(weight), _ptr(scales), _ptr(biases), N, group_size, bits, _ptr(out))
+    if rc:
+        raise ValueError(f"native matmul cannot serve kind={kind}, bits={bits}, group_size={group_size}, K={K}")
+
+
+def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
+    """out = gelu_tanh(gate) * up (float32; ``out`` may be ``up``)."""
+    if not (gate.dtype == up.dtype == out.dtype == np.float32) or not (gate.size == up.size == out.size):
+        raise ValueError("gelu_mul takes three float32 arrays of one size")
+    _require().eg_gelu_mul(_ptr(gate), _ptr(up), _ptr(out), gate.size)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, valid: np.ndarray, scale: float, radius: int | None,
+              out: np.ndarray) -> None:
+    """Masked bidirectional attention. q (B, Hq, L, D), k/v (B, Hkv, L, D), valid (B, L) bool with real tokens first;
+    out (B, L, Hq, D), zero on padding rows. ``radius`` None: full attention."""
+    B, Hq, L, D = q.shape
+    Hkv = k.shape[1]
+    if valid.dtype != np.bool_ or valid.shape != (B, L) or k.shape != v.shape or k.shape != (B, Hkv, L, D):
+        raise ValueError(f"attention shapes: q {q.shape}, k {k.shape}, v {v.shape}, valid {valid.shape} {valid.dtype}")
+    rc = _require().eg_attention(_ptr(q), _ptr(k), _ptr(v), _ptr(valid), B, Hq, Hkv, L, D, scale,
+                                 -1 if radius is None else radius, _ptr(out))
+    if rc == -2:
+        raise ValueError("attention needs right-padded rows (real tokens first)")
+    if rc:
+        raise ValueError(f"attention cannot serve q {q.shape}, k {k.shape}")

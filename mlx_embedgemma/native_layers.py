@@ -1,0 +1,113 @@
+"""Drop-in modules that run model.py's Linear, attention and activation through the native CPU kernels.
+
+The backend plan (backend.py) swaps them in on the CPU when the kernels are available. Each computes
+what the module it replaces computes, in float32, eagerly: it evaluates its inputs, calls the kernel on
+their buffers (no copy), and hands back a new MLX array. Weights are read where they lie: MLX's own
+arrays, or views of the memory-mapped ``model.safetensors`` (never copied, never made float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from . import native
+from .mapped import SafetensorsMap
+
+
+def host(a: mx.array) -> np.ndarray:
+    """A C-contiguous numpy view of an MLX array's buffer (a copy only if MLX holds it strided)."""
+    mx.eval(a)
+    return np.ascontiguousarray(np.asarray(a))
+
+
+def to_mlx(out: np.ndarray) -> mx.array:
+    return mx.array(out)
+
+
+@dataclass
+class _Weights:  # held outside MLX's parameter tree: the kernel reads these buffers, MLX never sees them
+    kind: int
+    weight: np.ndarray
+    scales: np.ndarray | None
+    biases: np.ndarray | None
+    bias: mx.array | None
+    group_size: int
+    bits: int
+    N: int
+    K: int
+
+
+class NativeLinear(nn.Module):
+    """``nn.Linear`` / ``nn.QuantizedLinear`` (affine, 4 or 8 bits) on the native matmul."""
+
+    def __init__(self, w: _Weights):
+        super().__init__()
+        self._w = w
+
+    @classmethod
+    def from_module(cls, m: nn.Module) -> "NativeLinear":
+        bias = m.bias if "bias" in m else None
+        if isinstance(m, nn.QuantizedLinear):
+            N, packed = m.weight.shape
+            K = packed * 32 // m.bits
+            return cls(_Weights(native.AFFINE, host(m.weight), _half(host(m.scales)), _half(host(m.biases)),
+                                bias, m.group_size, m.bits, N, K))
+        N, K = m.weight.shape
+        kind = native.BFLOAT16 if m.weight.dtype == mx.bfloat16 else native.FLOAT32
+        weight = host(m.weight.view(mx.uint16) if kind == native.BFLOAT16 else m.weight.astype(mx.float32))
+        return cls(_Weights(kind, weight, None, None, bias, 0, 0, N, K))
+
+    @classmethod
+    def from_file(cls, file: SafetensorsMap, prefix: str, like: nn.Module) -> "NativeLinear":
+        """The layer's tensors read in place from the memory map (only the pages a call touches are read)."""
+        view = file.view
+        bias = file.tensor(f"{prefix}.bias") if "bias" in like else None
+        if isinstance(like, nn.QuantizedLinear):
+            N, packed = like.weight.shape
+            return cls(_Weights(native.AFFINE, view(f"{prefix}.weight"), view(f"{prefix}.scales"), view(f"{prefix}.biases"),
+                                bias, like.group_size, like.bits, N, packed * 32 // like.bits))
+        N, K = like.weight.shape
+        kind = native.BFLOAT16 if file.is_bfloat16(f"{prefix}.weight") else native.FLOAT32
+        return cls(_Weights(kind, view(f"{prefix}.weight"), None, None, bias, 0, 0, N, K))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        w = self._w
+        xs = host(x.astype(mx.float32))
+        out = np.empty(x.shape[:-1] + (w.N,), np.float32)
+        native.matmul(xs, w.weight, w.kind, w.N, w.K, out, w.scales, w.biases, w.group_size, w.bits)
+        y = to_mlx(out)
+        return y + w.bias.astype(y.dtype) if w.bias is not None else y
+
+
+def _half(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.float16:
+        raise ValueError(f"quantization scales must be float16 for the native kernel, got {a.dtype}")
+    return a.view(np.uint16)
+
+
+class NativeAttend(nn.Module):
+    """model.Attend on the native attention kernel (right-padded rows, as encode builds them)."""
+
+    def __init__(self, scale: float, radius: int | None):
+        super().__init__()
+        self.scale, self.radius = scale, radius
+
+    def __call__(self, q: mx.array, k: mx.array, v: mx.array, valid: mx.array) -> mx.array:
+        B, H, L, D = q.shape
+        out = np.empty((B, L, H, D), np.float32)
+        native.attention(host(q), host(k), host(v), host(valid), self.scale, self.radius, out)
+        return to_mlx(out)
+
+
+class NativeGeluGate(nn.Module):
+    """model.GeluGate on the native kernel."""
+
+    def __call__(self, gate: mx.array, up: mx.array) -> mx.array:
+        g, u = host(gate), host(up)
+        out = np.empty_like(u)
+        native.gelu_mul(g, u, out)
+        return to_mlx(out)

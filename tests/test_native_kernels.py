@@ -1,0 +1,292 @@
+"""The native CPU kernels (mlx_embedgemma/_native) tested like kernels: every instruction set this machine
+runs (and arm64/NEON under qemu-user), every bits/group size, token counts from 1 to 1,000+, widths that
+are not multiples of the vector width, against references computed independently in float64.
+
+Tolerance: an output may differ from the float64 product by 1e-6 of sum_k |x_k * w_k|. Float32
+accumulation over K terms is bounded by about K * 6e-8 of that sum, and in practice sits near
+sqrt(K) * 6e-8 (2e-6 at K = 1,152; we see 1e-7). A wrong nibble, scale, bias, group or row is off by
+1e-2 of it or more, so this fails on any such fault.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_embedgemma import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels not built: {native.unavailable_reason()}")
+
+REL = 1e-6
+SOURCE = Path(native.__file__).resolve().parent / "_native" / "kernels.c"
+DRIVER = Path(__file__).with_name("native_driver.c")
+
+
+def runnable_isas() -> list[str]:
+    if not native.available():
+        return []
+    best = native.isa()
+    found = []
+    for name in native.isas():
+        try:
+            native.select_isa(name)
+            found.append(name)
+        except ValueError:
+            pass
+    native.select_isa(best)
+    return found
+
+
+ISAS = runnable_isas()
+
+
+@pytest.fixture
+def isa(request):
+    best = native.isa()
+    native.select_isa(request.param)
+    yield request.param
+    native.select_isa(best)
+
+
+def quantized(rng, N, K, bits, group):
+    w = mx.array(rng.standard_normal((N, K)).astype(np.float32) * rng.uniform(0.01, 2.0, (N, 1)).astype(np.float32))
+    codes, scales, biases = mx.quantize(w, group_size=group, bits=bits)
+    scales, biases = scales.astype(mx.float16), biases.astype(mx.float16)
+    # The reference: MLX's own dequantize of exactly what the kernel reads.
+    dense = np.array(mx.dequantize(codes, scales.astype(mx.float32), biases.astype(mx.float32), group, bits), np.float64)
+    return np.array(codes), np.array(scales).view(np.uint16), np.array(biases).view(np.uint16), dense
+
+
+def assert_close_to_product(y, x, dense):
+    ref = x.astype(np.float64) @ dense.T
+    scale = np.abs(x).astype(np.float64) @ np.abs(dense).T
+    worst = float(np.max(np.abs(y - ref) / scale))
+    assert worst <= REL, f"max error {worst:.2e} of sum|x*w| (tolerance {REL:.0e})"
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 128, 13), (3, 384, 70), (17, 768, 257), (65, 256, 31), (1030, 128, 9)])
+def test_quantized_matmul_equals_dequantize_then_float_matmul(isa, bits, group, M, K, N):
+    rng = np.random.default_rng(M * 1000 + K + N + bits + group)
+    codes, scales, biases, dense = quantized(rng, N, K, bits, group)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    y = np.empty((M, N), np.float32)
+    native.matmul(x, codes, native.AFFINE, N, K, y, scales, biases, group, bits)
+    assert_close_to_product(y, x, dense)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
+@pytest.mark.parametrize("M,K,N", [(1, 37, 5), (18, 100, 77), (70, 768, 33)])
+def test_float_matmul_any_width(isa, kind, M, K, N):
+    rng = np.random.default_rng(K + N)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    y = np.empty((M, N), np.float32)
+    if kind == "bfloat16":
+        bits = np.array(mx.array(w).astype(mx.bfloat16).view(mx.uint16))
+        dense = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        native.matmul(x, bits, native.BFLOAT16, N, K, y)
+    else:
+        dense = w.astype(np.float64)
+        native.matmul(x, w, native.FLOAT32, N, K, y)
+    assert_close_to_product(y, x, dense)
+
+
+def test_matmul_reads_unaligned_weights_in_place():
+    # Mapped safetensors tensors start at any byte offset.
+    rng = np.random.default_rng(1)
+    codes, scales, biases, dense = quantized(rng, 24, 256, 4, 64)
+    raw = np.zeros(codes.nbytes + 3, np.uint8)
+    raw[3:] = codes.view(np.uint8).reshape(-1)
+    shifted = raw[3:]
+    assert shifted.ctypes.data % 4
+    x = rng.standard_normal((5, 256)).astype(np.float32)
+    y = np.empty((5, 24), np.float32)
+    native.matmul(x, shifted, native.AFFINE, 24, 256, y, scales, biases, 64, 4)
+    assert_close_to_product(y, x, dense)
+
+
+def test_thread_count_changes_nothing():
+    rng = np.random.default_rng(2)
+    codes, scales, biases, _ = quantized(rng, 300, 512, 4, 64)
+    x = rng.standard_normal((130, 512)).astype(np.float32)
+    before = native.threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 5):
+            native.set_threads(n)
+            y = np.empty((130, 300), np.float32)
+            native.matmul(x, codes, native.AFFINE, 300, 512, y, scales, biases, 64, 4)
+            results.append(y)
+    finally:
+        native.set_threads(before)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])  # each output is summed in the same order whatever the split
+
+
+def test_bad_layouts_are_refused():
+    x = np.zeros((2, 96), np.float32)
+    y = np.empty((2, 4), np.float32)
+    w = np.zeros((4, 12), np.uint32)
+    s = np.zeros((4, 3), np.uint16)
+    with pytest.raises(ValueError, match="cannot serve"):
+        native.matmul(x, w, native.AFFINE, 4, 96, y, s, s, 32, 3)
+    with pytest.raises(ValueError, match="cannot serve"):
+        native.matmul(x, w, native.AFFINE, 4, 96, y, s, s, 64, 4)  # 96 is not a multiple of 64
+
+
+def reference_attention(q, k, v, valid, scale, radius):
+    B, H, L, D = q.shape
+    rep = H // k.shape[1]
+    out = np.zeros((B, L, H, D))
+    pos = np.arange(L)
+    for b in range(B):
+        n = int(valid[b].sum())
+        for h in range(H):
+            s = q[b, h].astype(np.float64) @ k[b, h // rep].astype(np.float64).T * scale
+            seen = valid[b][None, :] & ((np.abs(pos[:, None] - pos[None, :]) <= radius) if radius is not None else True)
+            s = np.where(seen | np.eye(L, dtype=bool), s, -np.inf)
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out[b, :n, h] = (p @ v[b, h // rep].astype(np.float64))[:n]
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("radius", [None, 4, 40])
+@pytest.mark.parametrize("D", [40, 256])
+def test_attention_matches_masked_softmax(isa, radius, D):
+    rng = np.random.default_rng(D + (radius or 0))
+    B, H, Hkv, L = 3, 3, 1, 75
+    q = rng.standard_normal((B, H, L, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
+    valid = np.zeros((B, L), bool)
+    for b, n in enumerate((75, 33, 1)):
+        valid[b, :n] = True
+    out = np.empty((B, L, H, D), np.float32)
+    native.attention(q, k, v, valid, 0.0625, radius, out)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, valid, 0.0625, radius), rtol=0, atol=2e-6)
+
+
+def test_attention_refuses_left_padding():
+    q = np.zeros((1, 1, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="right-padded"):
+        native.attention(q, q, q, np.array([[False, True, True, True]]), 1.0, None, np.empty((1, 4, 1, 8), np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_gelu_gate_matches_tanh_formula(isa):
+    rng = np.random.default_rng(3)
+    gate = np.concatenate([rng.standard_normal(10_001) * 4, [0.0, -80.0, 80.0, 1e-30, -1e4, 1e4]]).astype(np.float32)
+    up = rng.standard_normal(gate.size).astype(np.float32)
+    out = np.empty_like(up)
+    native.gelu_mul(gate, up, out)
+    g = gate.astype(np.float64)
+    ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * up
+    assert_gelu_close(out, ref, up)
+
+
+def assert_gelu_close(out, ref, up):
+    # exp by a degree-6 polynomial: 2e-7 relative; near gate = 0 the product is relative to |up|
+    assert np.all(np.abs(out - ref) <= 1e-6 * (np.abs(ref) + np.abs(up)))
+
+
+def _matmul_in_child(args, queue):
+    codes, scales, biases, dense, x = args
+    y = np.empty((x.shape[0], codes.shape[0]), np.float32)
+    native.matmul(x, codes, native.AFFINE, codes.shape[0], x.shape[1], y, scales, biases, 64, 4)
+    queue.put(float(np.max(np.abs(y - x @ dense.T))))
+
+
+def test_pool_works_in_a_forked_child():
+    # The thread pool's workers do not survive fork(); a child that computes must start its own. (The child
+    # uses no MLX: MLX's own scheduler does not survive fork, see test_api's fork test.)
+    rng = np.random.default_rng(4)
+    args = (*quantized(rng, 64, 256, 4, 64), rng.standard_normal((40, 256)).astype(np.float32))
+    before = native.threads()
+    native.set_threads(2)
+    try:
+        _matmul_in_child(args, multiprocessing.Queue())  # the parent's pool is running
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_matmul_in_child, args=(args, queue))
+        child.start()
+        child.join(60)
+        if child.exitcode is None:
+            child.kill()
+        assert child.exitcode == 0, "the forked child hung or died"
+        assert queue.get(timeout=5) < 1e-3
+    finally:
+        native.set_threads(before)
+
+
+# ---------------------------------------------------------------------------- arm64 / NEON under qemu-user
+
+CROSS = shutil.which("aarch64-linux-gnu-gcc")
+QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+
+
+@pytest.fixture(scope="module")
+def arm64_driver(tmp_path_factory):
+    if not (CROSS and QEMU):
+        pytest.skip("needs aarch64-linux-gnu-gcc and qemu-user (Debian: gcc-aarch64-linux-gnu qemu-user); .ci/run installs them")
+    exe = tmp_path_factory.mktemp("arm64") / "driver"
+    subprocess.run([CROSS, "-O3", "-std=gnu11", "-fno-math-errno", "-static", "-pthread", str(SOURCE), str(DRIVER),
+                    "-o", str(exe), "-lm"], check=True, capture_output=True)
+    return exe
+
+
+def run_arm64(driver, tmp_path, isa, *args):
+    proc = subprocess.run([QEMU, str(driver), isa, "2", *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("arm_isa", ["neon", "generic"])
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, 64), (4, 128), (8, 64)])
+def test_arm64_matmul(arm64_driver, tmp_path, arm_isa, bits, group):
+    rng = np.random.default_rng(bits * group)
+    M, K, N = 19, 384, 45
+    codes, scales, biases, dense = quantized(rng, N, K, bits, group)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    files = {name: tmp_path / name for name in ("x", "w", "s", "b", "y")}
+    for name, a in (("x", x), ("w", codes), ("s", scales), ("b", biases)):
+        a.tofile(files[name])
+    run_arm64(arm64_driver, tmp_path, arm_isa, "matmul", M, K, N, native.AFFINE, group, bits,
+              files["x"], files["w"], files["s"], files["b"], files["y"])
+    assert_close_to_product(np.fromfile(files["y"], np.float32).reshape(M, N), x, dense)
+
+
+def test_arm64_attention_and_gelu(arm64_driver, tmp_path):
+    rng = np.random.default_rng(5)
+    B, H, Hkv, L, D, radius = 2, 3, 1, 41, 256, 6
+    q = rng.standard_normal((B, H, L, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
+    valid = np.zeros((B, L), bool)
+    valid[0], valid[1, :20] = True, True
+    paths = [tmp_path / n for n in ("q", "k", "v", "valid", "out")]
+    for p, a in zip(paths, (q, k, v, valid.astype(np.uint8))):
+        a.tofile(p)
+    run_arm64(arm64_driver, tmp_path, "neon", "attention", B, H, Hkv, L, D, 0.0625, radius, *paths)
+    out = np.fromfile(paths[-1], np.float32).reshape(B, L, H, D)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, valid, 0.0625, radius), rtol=0, atol=2e-6)
+
+    gate = (rng.standard_normal(999) * 4).astype(np.float32)
+    up = rng.standard_normal(999).astype(np.float32)
+    gp, upp, outp = tmp_path / "g", tmp_path / "u", tmp_path / "o"
+    gate.tofile(gp), up.tofile(upp)
+    run_arm64(arm64_driver, tmp_path, "neon", "gelu", 999, gp, upp, outp)
+    g = gate.astype(np.float64)
+    ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * up
+    assert_gelu_close(np.fromfile(outp, np.float32), ref, up)
