@@ -118,7 +118,8 @@ def main() -> None:
         split_keys = ("heldout_queries", "heldout_docs", "sts_pairs")
         if [earlier[k] for k in split_keys] != [len(evaluation["queries"]), len(evaluation["docs"]), len(sts_pairs)] or earlier["settings"]["seed"] != args.seed or earlier["settings"]["recipe"] != args.recipe:
             raise SystemExit(f"{args.base_scores}: its last record used another split, seed or recipe; measure the base again")
-        results.update({k: earlier["scores"][k] for k in ("base-f32", "base-4bit")})
+        # JSON keeps the sizes as strings; the scores here are keyed by int.
+        results.update({k: {m: {int(d): v for d, v in earlier["scores"][k][m].items()} for m in earlier["scores"][k]} for k in ("base-f32", "base-4bit")})
     else:
         convert(args.source, args.work / "base-4bit", recipe=args.recipe, force=True, log=log)
         convert(args.source, args.work / "base-f32", quantize=False, force=True, log=log)
