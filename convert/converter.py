@@ -76,10 +76,25 @@ def convert(
     plan = _choose_recipe(recipe, bits, group_size) if quantize else None
     check_target(out, force)
 
+    network, config, tokenizer, ckpt = open_source(source, dtype if plan is None else "float32", log)
+
+    def write_files(tmp: Path, tensors: dict[str, mx.array]) -> None:
+        if layout == community_layout.LAYOUT:
+            community.write(tmp, ckpt, config, tensors)
+        else:
+            write_folder(tmp, config, tensors, tokenizer.path)
+
+    return write_model(network, tokenizer, config, str(source), out, plan=plan, dtype=dtype, force=force, log=log, write_files=write_files)
+
+
+def open_source(
+    source: str | Path, dtype: str = "float32", log: Callable[[str], None] = lambda _: None
+) -> tuple[EmbeddingGemmaModel, dict[str, Any], Tokenizer, Checkpoint]:
+    """The source checkpoint as our float32 network, its config.json entries (``dtype`` recorded) and tokenizer."""
     folder = resolve(source)
     log(f"reading {folder}")
     ckpt = read_checkpoint(folder)
-    config = build_config(ckpt, str(source), dtype if plan is None else "float32")
+    config = build_config(ckpt, str(source), dtype)
     try:
         args = ModelArgs.from_dict(config)
     except ConfigError as e:
@@ -92,11 +107,40 @@ def convert(
             "The checkpoint is damaged or not EmbeddingGemma; download it again"
         )
     network.load_weights(list(ckpt.weights.items()), strict=True)
-    # The float32 source runs on this machine's fastest float plan (native kernels on a CPU), and gets its
+    ckpt.weights = {}  # the network holds them now; quantizing then frees the float copies
+    return network, config, _tokenizer(ckpt, args), ckpt
+
+
+def write_folder(tmp: Path, config: dict[str, Any], tensors: dict[str, mx.array], tokenizer_model: Path) -> None:
+    """Our layout: model.safetensors, config.json with every decision spelled out, tokenizer.model."""
+    mx.save_safetensors(str(tmp / WEIGHTS_FILE), tensors, metadata={"format": "mlx"})
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    shutil.copyfile(tokenizer_model, tmp / TOKENIZER_FILE)
+
+
+def write_model(
+    network: EmbeddingGemmaModel,
+    tokenizer: Tokenizer,
+    config: dict[str, Any],
+    source: str,
+    out: Path,
+    *,
+    plan: recipes.Recipe | None,
+    dtype: str = "float32",
+    force: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+    write_files: Callable[[Path, dict[str, mx.array]], None] | None = None,
+) -> ConversionReport:
+    """Quantize a float32 ``network`` with ``plan`` (or cast it to ``dtype`` when None), write ``out``
+    atomically, and compare the written folder's embeddings with the float32 network's on the probes.
+
+    ``config`` is updated with the quantization; ``write_files`` writes the folder's files (our layout by default).
+    """
+    # The float32 network runs on this machine's fastest float plan (native kernels on a CPU), and gets its
     # own modules back before it is quantized.
     float_plan = backend.choose(quantized=False, compute_dtype=mx.float32)
     replaced = backend.apply(float_plan, network)
-    float_model = EmbeddingGemma(network, _tokenizer(ckpt, args), config, folder, mx.float32, float_plan)
+    float_model = EmbeddingGemma(network, tokenizer, config, out, mx.float32, float_plan)
     probes = [(name if name in float_model.prompts else None, text) for name, text in PROBES]
     reference = check.embed_probes(float_model, probes)
     hessians = {}
@@ -109,26 +153,26 @@ def convert(
     if plan is not None:
         config["recipe"] = plan.name
         config["quantization"] = plan.quantization(network)
+        originals = dict(tree_flatten(network.parameters()))
         precision.quantize(network, config["quantization"])
-        gptq.apply(network, ckpt.weights, hessians)
+        gptq.apply(network, originals, hessians)
+        del originals
     else:
         precision.cast_floats(network, precision.DTYPES[dtype])
     mx.eval(network.parameters())
     storage = precision.describe(config)
     log(f"writing {out} ({storage})")
+    if write_files is None:
+        def write_files(tmp: Path, tensors: dict[str, mx.array]) -> None:
+            write_folder(tmp, config, tensors, tokenizer.path)
     with atomic_folder(out, force) as tmp:
         tensors = dict(tree_flatten(network.parameters()))
         try:
-            if layout == community_layout.LAYOUT:
-                community.write(tmp, ckpt, config, tensors)
-            else:
-                mx.save_safetensors(str(tmp / WEIGHTS_FILE), tensors, metadata={"format": "mlx"})
-                (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-                shutil.copyfile(ckpt.tokenizer_model, tmp / TOKENIZER_FILE)
+            write_files(tmp, tensors)
         except RuntimeError as e:  # MLX reports a failed write (a full disk, say) without an errno
             raise OSError(None, str(e), str(tmp / WEIGHTS_FILE)) from e
-        (tmp / "README.md").write_text(model_card(config, str(source), storage), encoding="utf-8")
-        del network, ckpt, tensors
+        (tmp / "README.md").write_text(model_card(config, source, storage), encoding="utf-8")
+        del network, tensors
         converted = check.embed_probes(load(tmp), probes)
         cosines = [float(c) for c in np.sum(reference * converted, axis=1)]
         if not np.all(np.isfinite(cosines)):

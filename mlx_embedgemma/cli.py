@@ -1,4 +1,4 @@
-"""The `mlx-embedgemma` command: convert, embed, embed-dataset, serve, index, search, bench, check, info."""
+"""The `mlx-embedgemma` command: convert, finetune, embed, embed-dataset, serve, index, search, bench, check, info."""
 
 from __future__ import annotations
 
@@ -62,6 +62,73 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {report.output} ({report.storage}, {report.size_bytes / 1e6:.1f} MB)")
 
+
+
+@main.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.option("--train", "train_file", required=True, type=click.Path(path_type=Path),
+              help="JSONL rows: anchor, positive, optionally negative (a string or a list).")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="The fine-tuned model folder.")
+@click.option("--valid", "valid_file", type=click.Path(path_type=Path), default=None,
+              help="JSONL pairs scored before and after (loss, NDCG@10 of each anchor against all valid positives).")
+@click.option("--lora-rank", type=int, default=None, help="Train LoRA adapters of this rank instead of all weights.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per step (in-batch negatives).")
+@click.option("--mini-batch-size", type=int, default=None, help="GradCache: the batch's exact gradients, computed this many texts at a time.")
+@click.option("--learning-rate", type=float, default=None, help="[default: 2e-5, or 2e-4 with --lora-rank]")
+@click.option("--matryoshka-dims", default="768,512,256,128", show_default=True, help="Sizes the loss is summed over.")
+@click.option("--max-length", type=int, default=256, show_default=True, help="Tokens per text (prompt included); longer ones are cut.")
+@click.option("--hard-negatives", type=int, default=None, help="Mine this many negatives per anchor with the base model first.")
+@click.option("--recipe", default="q4-mixed", show_default=True, help="Quantization recipe of the output, or none for float32.")
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16 (float16 is refused: it overflows).")
+@click.option("--train-embeddings", is_flag=True, help="Train the token embedding table too (frozen by default: 2/3 of the weights).")
+@click.option("--anchor-prompt", default="query", show_default=True, help="Prompt name (or literal prompt text) for anchors.")
+@click.option("--document-prompt", default="document", show_default=True, help="Prompt name (or text) for positives and negatives.")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints (in OUTPUT.training).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUTPUT.training.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def finetune(base: Path, train_file: Path, output: Path, valid_file: Path | None, lora_rank: int | None, epochs: int,
+             max_steps: int | None, batch_size: int, mini_batch_size: int | None, learning_rate: float | None,
+             matryoshka_dims: str, max_length: int, hard_negatives: int | None, recipe: str, dtype: str,
+             train_embeddings: bool, anchor_prompt: str, document_prompt: str, checkpoint_every: int, seed: int,
+             resume: bool, force: bool) -> None:
+    """Fine-tune BASE on (anchor, positive) pairs and write a model folder that `load()` opens.
+
+    BASE is a sentence-transformers EmbeddingGemma folder or a float folder from `convert --no-quantize`.
+    The loss is MultipleNegativesRankingLoss inside MatryoshkaLoss, batches never repeat a text.
+    """
+    from .convert import OutputExistsError, OutputWriteError, SourceError
+    from .training.run import finetune as run, progress_line
+    from .training.trainer import Settings
+
+    try:
+        dims = tuple(int(d) for d in matryoshka_dims.split(","))
+    except ValueError:
+        raise click.UsageError(f"--matryoshka-dims must be sizes separated by commas, like 768,512,256,128; got {matryoshka_dims!r}") from None
+    settings = Settings(
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, learning_rate=learning_rate,
+        matryoshka_dims=dims, max_length=max_length, lora_rank=lora_rank, dtype=dtype, seed=seed, anchor_prompt=anchor_prompt,
+        document_prompt=document_prompt, train_embeddings=train_embeddings, checkpoint_every=checkpoint_every,
+    )
+    interactive = sys.stderr.isatty()
+
+    def show(p) -> None:
+        if interactive or p.step == p.total or p.step % 10 == 0:
+            click.echo(("\r" if interactive else "") + progress_line(p), nl=not interactive or p.step == p.total, err=True)
+
+    try:
+        result = run(
+            base, train_file, output, settings, valid_file=valid_file, hard_negatives=hard_negatives,
+            recipe=None if recipe == "none" else recipe, resume=resume, force=force,
+            log=lambda m: click.echo(m, err=True), on_progress=show,
+        )
+    except (SourceError, OutputExistsError, OutputWriteError, PermissionError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    r = result.training
+    click.echo(f"trained {r.steps} steps in {r.seconds:.0f} s ({r.tokens_per_s:,.0f} tokens/s); "
+               f"wrote {result.export.output} ({result.export.storage}, {result.export.size_bytes / 1e6:.1f} MB)")
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))

@@ -17,7 +17,8 @@ HEAVY = [
     "safetensors", "PyInstaller", "mlx_lm",
     # The Rust tokenizer costs ~285 MB RSS for this vocabulary: only folders without tokenizer.model need it.
     "tokenizers",
-    "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
+    "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks", "mlx_embedgemma.training",
+    "mlx.optimizers",
     # The server, the integrations and the file index: their libraries load only when those are used.
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
     "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",

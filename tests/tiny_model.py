@@ -85,12 +85,19 @@ def reference_embeddings(source: Path, ids: list[list[int]]):
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(source), device="cpu")
+    with torch.no_grad():
+        out = st(reference_features(ids))
+    return np.asarray(out["sentence_embedding"].float().numpy())
+
+
+def reference_features(ids: list[list[int]]) -> dict:
+    """Token ids as one right-padded batch of sentence-transformers features (input_ids, attention_mask)."""
+    import torch
+
     width = max(map(len, ids))
     input_ids = torch.zeros((len(ids), width), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, seq in enumerate(ids):
         input_ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
-    with torch.no_grad():
-        out = st({"input_ids": input_ids, "attention_mask": mask})
-    return np.asarray(out["sentence_embedding"].float().numpy())
+    return {"input_ids": input_ids, "attention_mask": mask}
