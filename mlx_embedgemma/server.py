@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .embedder import EmbeddingGemma, default_max_batch_tokens, truncate
+from .embedder import EmbeddingGemma, truncate
 from .inputs import check_texts
 
 log = logging.getLogger("mlx_embedgemma.server")
@@ -93,7 +93,7 @@ class Batcher:
     def __init__(self, model: EmbeddingGemma, config: ServerConfig):
         self.model = model
         self.config = config
-        self.max_batch_tokens = config.max_batch_tokens or default_max_batch_tokens()
+        self.max_batch_tokens = config.max_batch_tokens or model.plan.max_batch_tokens
         self.queue: deque[Job] = deque()
         self.closing = False
         self.stats = {"requests": 0, "inputs": 0, "tokens": 0, "batches": 0, "forward_passes": 0,
