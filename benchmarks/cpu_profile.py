@@ -11,8 +11,7 @@ For MLX every operation of a kind is evaluated on its own and timed (matmuls wit
 and dequantizing, attention, RoPE, norms, the GELU, the embedding lookup); ``other`` is the rest of
 the instrumented pass (residual adds, reshapes, pooling). Evaluating each operation alone costs a
 little overlap, so the uninstrumented time of the same pass (best of ``--repeats``) is recorded beside
-it. For every matmul the time of a float32 GEMM of the same shapes is measured too (``gemm_ms``),
-so ``linear_ms - gemm_ms`` is what reading and unpacking packed weights adds.
+it.
 One JSON record per runner and workload.
 """
 
@@ -28,7 +27,7 @@ from pathlib import Path
 import mlx_embedgemma
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_embedgemma import mapped, model as network, precision
+from mlx_embedgemma import mapped, model as network, native_layers, precision
 from mlx_embedgemma.benchmarks import fingerprint
 from mlx_embedgemma.benchmarks.harness import QUERY
 from mlx_embedgemma.benchmarks.memory import emit, make_texts
@@ -46,7 +45,6 @@ def best_of(fn, repeats: int) -> float:
 class Timers:
     def __init__(self):
         self.ms: dict[str, float] = defaultdict(float)
-        self.gemm_ms = 0.0
         self._floats: dict[tuple[int, int], mx.array] = {}
 
     def wrap(self, kind: str, fn):
@@ -60,38 +58,23 @@ class Timers:
 
         return timed
 
-    def wrap_linear(self, fn):
-        timed = self.wrap("linear", fn)
-
-        def linear(module, x):
-            out = timed(module, x)
-            shape = (out.shape[-1], x.shape[-1])
-            if shape not in self._floats:
-                self._floats[shape] = mx.random.normal(shape)
-            w = self._floats[shape]
-            mx.eval(w)
-            start = time.perf_counter()
-            mx.eval(x @ w.T)
-            self.gemm_ms += (time.perf_counter() - start) * 1000
-            return out
-
-        return linear
-
 
 @contextmanager
 def instrumented(timers: Timers):
     """Every operation of a kind timed on its own, by patching the network's building blocks."""
     patches = [
-        (network, "attend", timers.wrap("attention", network.attend)),
-        (network, "gelu_approx_mul", timers.wrap("gelu", network.gelu_approx_mul)),
+        (network.Attend, "__call__", timers.wrap("attention", network.Attend.__call__)),
+        (native_layers.NativeAttend, "__call__", timers.wrap("attention", native_layers.NativeAttend.__call__)),
+        (network.GeluGate, "__call__", timers.wrap("gelu", network.GeluGate.__call__)),
+        (native_layers.NativeGeluGate, "__call__", timers.wrap("gelu", native_layers.NativeGeluGate.__call__)),
         (network.RMSNorm, "__call__", timers.wrap("norm", network.RMSNorm.__call__)),
         (nn.RoPE, "__call__", timers.wrap("rope", nn.RoPE.__call__)),
         (nn.Embedding, "__call__", timers.wrap("embedding", nn.Embedding.__call__)),
         (nn.QuantizedEmbedding, "__call__", timers.wrap("embedding", nn.QuantizedEmbedding.__call__)),
         (mapped.MappedEmbedding, "__call__", timers.wrap("embedding", mapped.MappedEmbedding.__call__)),
     ]
-    for cls in (nn.Linear, nn.QuantizedLinear, precision.DequantizingLinear, mapped.MappedLinear):
-        patches.append((cls, "__call__", timers.wrap_linear(cls.__dict__.get("__call__", cls.__call__))))
+    for cls in (nn.Linear, nn.QuantizedLinear, native_layers.NativeLinear):
+        patches.append((cls, "__call__", timers.wrap("linear", cls.__dict__.get("__call__", cls.__call__))))
     saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patches]
     try:
         for owner, name, fn in patches:
@@ -118,13 +101,12 @@ def profile_mlx(path: Path, workloads: dict, repeats: int, threads: int) -> list
             run()
             instrumented_ms = (time.perf_counter() - start) * 1000
         ms = dict(timers.ms)
-        instrumented_ms -= timers.gemm_ms  # the float32 GEMMs timed beside each matmul are not the pass's
         ms["other"] = max(0.0, instrumented_ms - sum(ms.values()))
         records.append({
             "runner": "mlx-embedgemma", "variant": model.config.get("recipe") or precision.describe(model.config),
             "workload": name, "tokens": tokens, "total_ms": total * 1000,
-            "instrumented_ms": instrumented_ms, "components_ms": ms, "gemm_ms": timers.gemm_ms,
-            "fingerprint": fingerprint.fingerprint(mx.default_device(), threads, path, precision.describe(model.config)),
+            "instrumented_ms": instrumented_ms, "components_ms": ms,
+            "fingerprint": fingerprint.fingerprint(mx.default_device(), threads, path, precision.describe(model.config), model.plan),
         })
     return records
 
@@ -179,9 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var) != str(args.threads):
-            parser.error(f"set {var}={args.threads} in the environment: BLAS reads it when it loads")
+    os.environ["MLX_EMBEDGEMMA_THREADS"] = str(args.threads)
     mx.set_default_device(mx.cpu)
 
     first = mlx_embedgemma.load(args.models[0])
@@ -201,11 +181,11 @@ def main() -> None:
 
 def print_table(records: list[dict]) -> None:
     kinds = ["linear", "attention", "norm", "rope", "gelu", "embedding", "other"]
-    print(f"\n{'runner':<24}{'workload':<14}{'total':>8}{'instr.':>8}" + "".join(f"{k:>10}" for k in kinds) + f"{'gemm':>8}")
+    print(f"\n{'runner':<24}{'workload':<14}{'total':>8}{'instr.':>8}" + "".join(f"{k:>10}" for k in kinds))
     for r in records:
         c = r["components_ms"]
         print(f"{r['runner'] + ' ' + r['variant']:<24.24}{r['workload']:<14}{r['total_ms']:>8.0f}{r['instrumented_ms']:>8.0f}"
-              + "".join(f"{c.get(k, 0):>10.0f}" for k in kinds) + f"{r.get('gemm_ms', float('nan')):>8.0f}")
+              + "".join(f"{c.get(k, 0):>10.0f}" for k in kinds))
 
 
 if __name__ == "__main__":
