@@ -20,7 +20,7 @@ HEAVY = [
     "mlx_embedgemma.convert", "mlx_embedgemma.cli", "mlx_embedgemma.benchmarks",
     # The server, the integrations and the file index: their libraries load only when those are used.
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
-    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
+    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search", "watchdog", "mcp",
 ]
 
 

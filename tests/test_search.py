@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from mlx_embedgemma import load
 from mlx_embedgemma.cli import main
-from mlx_embedgemma.search_index import Chunk, SearchIndex, chunk_document
+from mlx_embedgemma.search import Chunk, SearchIndex, chunk_document
 
 # The tiny model's context is 80 tokens: some chunks are longer (the index reports it; see the first test).
 pytestmark = pytest.mark.filterwarnings("ignore::mlx_embedgemma.embedder.TruncationWarning")
@@ -39,7 +39,7 @@ Venus is hot.
 """
 TEA = "first note about tea, green and black, hot."
 COFFEE = "second note about coffee\nwith two lines here."
-NOTES = f"{TEA}\n\n{COFFEE}\n\n\nthird note about water, still or sparkling.\n"  # paragraphs at lines 1, 3, 6
+NOTES = f"{TEA}\n\n{COFFEE}\n\n\nthird note about water, still or sparkling.\n"  # paragraphs at lines 1, 3, 7
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 
 def test_markdown_chunks_follow_headings_and_lines():
-    chunks = chunk_document(MARS, markdown=True)
+    chunks = chunk_document(MARS, markdown=True, max_size=1500, overlap=200)
     assert chunks == [
         Chunk("Planets > Mars", "## Mars\nMars is red.\nDust covers it.\n\nIt has two moons.", 3),
         Chunk("Planets > Venus", "## Venus\nVenus is hot.", 9),
@@ -83,7 +83,7 @@ def test_markdown_chunks_follow_headings_and_lines():
 
 def test_headings_inside_code_fences_are_code():
     text = "# Top\nintro\n\n```sh\n# a comment\n\necho hi\n```\n\n## Next\nbody\n"
-    chunks = chunk_document(text, markdown=True)
+    chunks = chunk_document(text, markdown=True, max_size=1500, overlap=200)
     assert [c.heading for c in chunks] == ["Top", "Top > Next"]
     assert "# a comment\n\necho hi" in chunks[0].text
 
@@ -91,7 +91,7 @@ def test_headings_inside_code_fences_are_code():
 def test_plain_text_chunks_are_paragraphs_packed_with_overlap():
     paragraphs = [f"paragraph {i} " + "word " * 10 for i in range(8)]  # 65 characters each
     text = "\n\n".join(p.strip() for p in paragraphs)
-    chunks = chunk_document(text, markdown=False, max_chars=200, overlap_chars=70)
+    chunks = chunk_document(text, markdown=False, max_size=200, overlap=70)
     assert all(len(c.text) <= 200 and c.heading == "" for c in chunks)
     assert [c.start_line for c in chunks][0] == 1
     for a, b in zip(chunks, chunks[1:]):  # each chunk starts with the last paragraph of the one before
@@ -106,7 +106,7 @@ def test_plain_text_chunks_are_paragraphs_packed_with_overlap():
 
 def test_a_long_paragraph_is_cut_at_words_with_overlap():
     text = " ".join(f"w{i}" for i in range(400))
-    chunks = chunk_document(text, markdown=False, max_chars=300, overlap_chars=50)
+    chunks = chunk_document(text, markdown=False, max_size=300, overlap=50)
     assert len(chunks) > 5 and all(len(c.text) <= 300 for c in chunks)
     words = [c.text.split() for c in chunks]
     for a, b in zip(words, words[1:]):
@@ -116,7 +116,7 @@ def test_a_long_paragraph_is_cut_at_words_with_overlap():
 
 def test_bad_chunk_sizes_are_refused():
     with pytest.raises(ValueError):
-        chunk_document("x", False, max_chars=100, overlap_chars=60)
+        chunk_document("x", False, max_size=100, overlap=60)
 
 
 # --- index and search through the command -----------------------------------------------------------
@@ -124,29 +124,31 @@ def test_bad_chunk_sizes_are_refused():
 
 def test_index_then_search_end_to_end(notes, tiny_matryoshka, model, tmp_path):
     db = tmp_path / "notes.db"
-    result = invoke("index", notes, "--db", db, "--model", tiny_matryoshka, "--dim", 32, "--chunk-chars", 100, "--overlap-chars", 50)
+    result = invoke("index", notes, "--db", db, "--model", tiny_matryoshka, "--dim", 32, "--chunk-tokens", 65,
+                    "--overlap-tokens", 32)
     assert result.exit_code == 0, result.output
-    assert "3 new, 0 changed, 0 unchanged, 0 removed, 1 skipped" in result.stdout
+    assert "3 new, 0 changed, 0 renamed, 0 unchanged, 0 removed, 1 skipped" in result.stdout
     assert "latin1.txt: not UTF-8 text" in result.output
-    assert "2 chunks were longer than the model's 80 tokens" in result.output  # the tiny model's context is short
+    assert "longer than the model" not in result.output  # chunks measured in tokens fit the context
     files = sorted(Path(p).relative_to(notes).as_posix() for (p,) in rows(db, "SELECT path FROM files"))
     assert files == ["mars.md", "sub/drinks.txt", "sub/empty.txt"]  # no hidden folders, no other endings
-    chunks = rows(db, "SELECT f.path, c.ordinal, c.heading, c.text, c.start_line, c.embedding FROM chunks c "
+    chunks = rows(db, "SELECT f.path, c.ordinal, c.heading, c.text, c.start_line, c.vector FROM chunks c "
                       "JOIN files f ON f.id = c.file_id ORDER BY f.path, c.ordinal")
-    assert len(chunks) == 2 + 2
+    assert len(chunks) == 2 + 3
     drinks = [(c[1], c[3], c[4]) for c in chunks if c[0].endswith("drinks.txt")]
-    # 100 characters hold two paragraphs; the second chunk starts with the first one's last paragraph.
-    assert drinks == [(0, f"{TEA}\n\n{COFFEE}", 1), (1, f"{COFFEE}\n\nthird note about water, still or sparkling.", 3)]
+    # Each paragraph is ~40 of the tiny model's tokens: two (66) do not fit 65, so one paragraph a chunk.
+    assert drinks == [(0, TEA, 1), (1, COFFEE, 3), (2, "third note about water, still or sparkling.", 7)]
+    assert max(model.count_tokens([c[3] for c in chunks], prompt_name="document")) <= model.max_seq_length
     # Stored vectors are the model's document embeddings at the chosen size.
     texts = [c[3] for c in chunks]
     stored = np.array([np.frombuffer(c[5], "<f4") for c in chunks])
     np.testing.assert_allclose(stored, model.encode_document(texts, dim=32), atol=1e-6)
     meta = dict(rows(db, "SELECT key, value FROM meta"))
     assert meta["dim"] == "32" and meta["document_prompt"] == model.prompts["document"] and meta["model_name"] == "tiny-matryoshka"
+    assert (meta["store"], meta["chunk_unit"], meta["chunk_size"], meta["chunk_overlap"]) == ("float32", "tokens", "65", "32")
 
     # Self-retrieval: a chunk's own text under the document prompt is the top hit, score 1.
-    result = invoke("search", f"{COFFEE}\n\nthird note about water, still or sparkling.", "--db", db,
-                    "--prompt-name", "document", "-k", 3, "--json")
+    result = invoke("search", COFFEE, "--db", db, "--mode", "vector", "--prompt-name", "document", "-k", 3, "--json")
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
@@ -155,16 +157,16 @@ def test_index_then_search_end_to_end(notes, tiny_matryoshka, model, tmp_path):
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
     # A query (query prompt by default): scores are the cosine of the query vector with each chunk.
-    result = invoke("search", "which planet is red?", "--db", db, "--json", "-k", 10)
+    result = invoke("search", "which planet is red?", "--db", db, "--mode", "vector", "--json", "-k", 10)
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(hits) == 4  # k larger than the store: everything, ranked
+    assert len(hits) == 5  # k larger than the store: everything, ranked
     expected = model.similarity(model.encode_query("which planet is red?", dim=32), stored)[0]
     assert [h["score"] for h in hits] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
 
     # The human-readable form: rank, score, file:line, heading, snippet.
     result = invoke("search", "## Mars\nMars is red.\nDust covers it.\n\nIt has two moons.", "--db", db, "-k", 1,
-                    "--prompt-name", "document")
+                    "--mode", "vector", "--prompt-name", "document")
     assert result.exit_code == 0, result.output
     first, snippet = result.stdout.splitlines()[:2]
     assert first.split()[0] == "1" and "mars.md:3" in first and "[Planets > Mars]" in first
@@ -179,12 +181,12 @@ def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, tiny_m
     # Nothing changed: nothing embedded. The model comes from the store this time.
     result = invoke("index", notes, "--db", db)
     assert result.exit_code == 0, result.output
-    assert "0 new, 0 changed, 3 unchanged, 0 removed" in result.stdout and "0 chunks embedded" in result.stdout
+    assert "0 new, 0 changed, 0 renamed, 3 unchanged, 0 removed" in result.stdout and "0 chunks embedded" in result.stdout
 
     # Same content, new mtime: not re-embedded either.
     os.utime(notes / "mars.md", ns=(1, 1))
     result = invoke("index", notes, "--db", db)
-    assert "0 new, 0 changed, 3 unchanged" in result.stdout and "0 chunks embedded" in result.stdout
+    assert "0 new, 0 changed, 0 renamed, 3 unchanged" in result.stdout and "0 chunks embedded" in result.stdout
 
     # Change one file, delete another, add a third.
     (notes / "mars.md").write_text(MARS.replace("Venus is hot.", "Venus is hot.\n\n## Earth\nEarth is home."), encoding="utf-8")
@@ -192,7 +194,7 @@ def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, tiny_m
     (notes / "new.markdown").write_text("# New\nfresh text\n", encoding="utf-8")
     result = invoke("index", notes, "--db", db)
     assert result.exit_code == 0, result.output
-    assert "1 new, 1 changed, 1 unchanged, 1 removed" in result.stdout and "4 chunks embedded" in result.stdout
+    assert "1 new, 1 changed, 0 renamed, 1 unchanged, 1 removed" in result.stdout and "4 chunks embedded" in result.stdout
     assert "3 files, 4 chunks" in result.stdout
     after = rows(db, "SELECT f.path, c.heading, c.text FROM chunks c JOIN files f ON f.id = c.file_id ORDER BY f.path, c.ordinal")
     assert [(Path(p).name, h) for p, h, _ in after] == [
@@ -201,7 +203,7 @@ def test_reindex_skips_unchanged_updates_changed_and_drops_deleted(notes, tiny_m
     assert rows(db, "SELECT COUNT(*) FROM chunks WHERE file_id NOT IN (SELECT id FROM files)") == [(0,)]
     assert not set(before.values()) & {i for (i,) in rows(db, "SELECT id FROM chunks")}  # mars.md's chunks are new rows
 
-    result = invoke("search", "## Earth\nEarth is home.", "--db", db, "--prompt-name", "document", "-k", 1, "--json")
+    result = invoke("search", "## Earth\nEarth is home.", "--db", db, "--mode", "vector", "--prompt-name", "document", "-k", 1, "--json")
     hit = json.loads(result.stdout)
     assert hit["heading"] == "Planets > Earth" and hit["score"] == pytest.approx(1.0, abs=1e-5) and hit["line"] == 12
 
@@ -215,8 +217,10 @@ def test_refuses_another_size_or_model_unless_rebuilt(notes, tiny_matryoshka, ti
     assert result.exit_code == 1 and "another model" in result.output and "--rebuild" in result.output
     result = invoke("search", "tea", "--db", db, "--model", tiny_q4)
     assert result.exit_code == 1 and "another model" in result.output
-    result = invoke("index", notes, "--db", db, "--chunk-chars", 500)
-    assert result.exit_code == 1 and "chunk-chars 1500" in result.output
+    result = invoke("index", notes, "--db", db, "--chunk-tokens", 40)
+    assert result.exit_code == 1 and "chunks of 65 tokens" in result.output and "--rebuild" in result.output
+    result = invoke("index", notes, "--db", db, "--store", "binary")
+    assert result.exit_code == 1 and "the float32 store" in result.output
 
     result = invoke("index", notes, "--db", db, "--model", tiny_q4, "--rebuild")
     assert result.exit_code == 0, result.output
@@ -257,6 +261,6 @@ def test_console_script_index_and_search(notes, tiny_matryoshka, tmp_path):
     run = lambda *a: subprocess.run([script, *map(str, a)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # noqa: E731
     proc = run("index", notes, "--db", db, "--model", tiny_matryoshka)
     assert proc.returncode == 0, proc.stderr
-    proc = run("search", "## Venus\nVenus is hot.", "--db", db, "-k", 2, "--prompt-name", "document")
+    proc = run("search", "## Venus\nVenus is hot.", "--db", db, "-k", 2, "--mode", "vector", "--prompt-name", "document")
     assert proc.returncode == 0, proc.stderr
     assert "mars.md:9" in proc.stdout.splitlines()[0] and "[Planets > Venus]" in proc.stdout

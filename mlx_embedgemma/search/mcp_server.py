@@ -1,0 +1,49 @@
+"""`mlx-embedgemma mcp --db FILE`: the store's search as a Model Context Protocol tool, over stdio.
+
+Uses the official Python SDK (``mcp`` >= 2, the ``[mcp]`` extra). One tool, ``search(query, k, mode)``,
+answers a list of {file, line, heading, score, text} and the notes of :class:`~.store.Results`; a bad
+argument is a tool error naming the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..embedder import EmbeddingGemma
+from .store import MODES, SearchIndex
+
+MAX_K = 100
+
+
+def build_server(db: str | Path, model: EmbeddingGemma):
+    try:
+        from mcp.server import MCPServer
+    except ImportError:
+        raise ImportError("the MCP server needs the official MCP SDK: pip install 'mlx-embedgemma[mcp]'") from None
+    store = SearchIndex(db)
+    server = MCPServer("mlx-embedgemma", instructions=f"Search the files indexed in {Path(db).name} by meaning and keywords.")
+
+    # Async on purpose: the SDK runs a sync tool on a worker thread, and the store's SQLite connection
+    # and the model then run on the event loop's thread, one call at a time.
+    @server.tool()
+    async def search(query: str, k: int = 10, mode: str = "hybrid") -> dict:
+        """Search the indexed files. mode: hybrid (meaning and keywords, the default), vector (meaning only)
+        or keyword (BM25 over the words). Returns the best chunks: file, line, heading, score and text."""
+        if not query.strip():
+            raise ValueError("the query is empty: give a few words or a question")
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        results = store.search(model, query, k=k, mode=mode)
+        return {
+            "results": [{"file": h.path, "line": h.start_line, "heading": h.heading, "score": h.score, "text": h.text}
+                        for h in results.hits],
+            "notes": results.notes,
+        }
+
+    return server
+
+
+def serve(db: str | Path, model: EmbeddingGemma) -> None:
+    build_server(db, model).run("stdio")
