@@ -25,30 +25,39 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
 
 def funnel(
     query: np.ndarray,
-    codes: np.ndarray,
-    store: str,
+    first: quantize.FirstPass,
     k: int,
-    ranges: np.ndarray | None = None,
     rescore: Callable[[np.ndarray], np.ndarray] | None = None,
     candidates: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row indices, scores) of the ``k`` rows closest to the unit vector ``query``, best first.
 
-    ``codes`` hold the first pass at its own (Matryoshka) size: the query is cut to it and renormalized.
-    With ``rescore`` (rows -> their full-size float vectors, read only for those rows), the best
-    ``candidates`` of the first pass are re-ranked by exact cosine with the full query; float32 codes are
-    exact already.
+    The first pass runs at its own (Matryoshka) size: the query is cut to it and renormalized. With
+    ``rescore`` (rows -> their full-size float vectors, read only for those rows), the best ``candidates``
+    of the first pass are re-ranked by exact cosine with the full query; float32 codes are exact already.
     """
-    dim = codes.shape[1] * (8 if store == "binary" else 1)
-    first = query[:dim] / np.linalg.norm(query[:dim])
-    scores = quantize.scores(codes, first, store, ranges)
-    if store == "float32" or rescore is None:
+    cut = query[:first.dim] / np.linalg.norm(query[:first.dim])
+    if first.store == "float32" or rescore is None:
+        scores = first.scores(cut)
         best = top(scores, k)
         return best, scores[best].astype(np.float32)
-    pool = top(scores, candidates or max(MIN_CANDIDATES, RESCORE_FACTOR * k))
+    pool = np.sort(nearest(first, cut, candidates or max(MIN_CANDIDATES, RESCORE_FACTOR * k)))
     exact = rescore(pool) @ query
     order = top(exact, k)
     return pool[order], exact[order]
+
+
+def nearest(first: quantize.FirstPass, query: np.ndarray, m: int) -> np.ndarray:
+    """The ``m`` rows the first pass scores best, in no particular order."""
+    if m >= len(first):
+        return np.arange(len(first))
+    if first.store != "binary":
+        return np.argpartition(-first.scores(query), m - 1)[:m]
+    # Distances are small integers: a histogram finds the cut-off distance without sorting a million values.
+    distances = first.distances(query)
+    cut = int(np.searchsorted(np.cumsum(np.bincount(distances, minlength=first.dim + 1)), m))
+    inside = np.flatnonzero(distances < cut)
+    return np.concatenate([inside, np.flatnonzero(distances == cut)[:m - len(inside)]])
 
 
 def fuse(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:

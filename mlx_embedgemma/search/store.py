@@ -144,7 +144,7 @@ def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
 class SearchIndex:
     def __init__(self, db: str | Path):
         self.path = Path(db).expanduser()
-        self._codes: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None  # (version, ids, codes)
+        self._codes: tuple[tuple[int, int], np.ndarray, quantize.FirstPass] | None = None  # (version, ids, codes)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -395,8 +395,7 @@ class SearchIndex:
         if kind != "int8":
             return quantize.encode(truncate(vectors, dim) if kind == "binary" else vectors, kind)
         first = truncate(vectors, dim)
-        stored = self.meta.get("int8_ranges")
-        ranges = np.frombuffer(bytes.fromhex(stored), np.float32).reshape(2, dim) if stored else None
+        ranges = self._int8_ranges(dim)
         if ranges is None or not quantize.covers(ranges, first):
             rows = self.db.execute("SELECT id, full FROM chunks").fetchall()
             old = truncate(np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), -1), dim) if rows \
@@ -470,25 +469,29 @@ class SearchIndex:
     def _vector_hits(self, model: EmbeddingGemma, query: str, k: int, prompt_name: str) -> list[tuple[int, float]]:
         meta = self.meta
         dim = self.check_model(model, None)
-        kind = meta["store"]
-        ids, codes = self._first_pass_codes(kind, dim)
+        ids, first = self._first_pass(meta["store"], dim)
         if not len(ids):
             return []
-        full = int(meta["full_dim"]) if kind != "float32" else dim
+        full = int(meta["full_dim"]) if first.store != "float32" else dim
         q = model.encode(query, prompt_name=prompt_name, dim=full)
-        ranges = np.frombuffer(bytes.fromhex(meta["int8_ranges"]), np.float32).reshape(2, dim) if kind == "int8" else None
-        rows, scores = ranking.funnel(q, codes, kind, k, ranges, rescore=lambda pool: self._full_vectors(ids[pool], full))
+        rows, scores = ranking.funnel(q, first, k, rescore=lambda pool: self._full_vectors(ids[pool], full))
         return [(int(ids[r]), float(s)) for r, s in zip(rows, scores)]
 
-    def _first_pass_codes(self, kind: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    def _first_pass(self, kind: str, dim: int) -> tuple[np.ndarray, quantize.FirstPass]:
         """Every chunk's id and code, read once and kept until the file changes (by this or another process)."""
         version = (self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes)
         if self._codes is None or self._codes[0] != version:
             rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
-            dtype, width = {"float32": ("<f4", dim), "int8": (np.int8, dim), "binary": (np.uint8, (dim + 7) // 8)}[kind]
-            codes = np.frombuffer(b"".join(r[1] for r in rows), dtype).reshape(len(rows), width)
-            self._codes = (version, np.fromiter((r[0] for r in rows), np.int64, len(rows)), codes)
+            dtype = {"float32": "<f4", "int8": np.int8, "binary": np.uint8}[kind]
+            codes = np.frombuffer(b"".join(r[1] for r in rows), dtype).reshape(len(rows), quantize.code_bytes(kind, dim) // np.dtype(dtype).itemsize)
+            ranges = self._int8_ranges(dim) if kind == "int8" else None
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            self._codes = (version, ids, quantize.FirstPass(codes, kind, dim, ranges))
         return self._codes[1], self._codes[2]
+
+    def _int8_ranges(self, dim: int) -> np.ndarray | None:
+        stored = self.meta.get("int8_ranges")
+        return np.frombuffer(bytes.fromhex(stored), np.float32).reshape(2, dim) if stored else None
 
     def _full_vectors(self, ids: np.ndarray, full: int) -> np.ndarray:
         wanted = [int(i) for i in ids]
