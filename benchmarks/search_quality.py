@@ -107,7 +107,7 @@ def main() -> None:
 
     corpus, queries, relevant = load_data(args.data)
     docs, qs = embeddings(args.model, corpus, queries, args.cache)
-    machine = {**fingerprint(mx.cpu, threads=os.cpu_count(), model_path=Path(args.model)), "load_average": os.getloadavg()}
+    machine = {**fingerprint(mx.Device(mx.cpu), threads=os.cpu_count(), model_path=Path(args.model)), "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory() as folder:
         records = evaluate(docs, qs, relevant, Path(folder))
     for record in records:

@@ -264,3 +264,229 @@ def test_console_script_index_and_search(notes, tiny_matryoshka, tmp_path):
     proc = run("search", "## Venus\nVenus is hot.", "--db", db, "-k", 2, "--mode", "vector", "--prompt-name", "document")
     assert proc.returncode == 0, proc.stderr
     assert "mars.md:9" in proc.stdout.splitlines()[0] and "[Planets > Venus]" in proc.stdout
+
+
+# --- keyword and hybrid ranking, bad queries -------------------------------------------------------
+
+
+@pytest.fixture
+def codes_folder(tmp_path) -> Path:
+    root = tmp_path / "codes"
+    root.mkdir()
+    for i in range(6):
+        (root / f"note{i}.txt").write_text(f"the note number {i} of the list.\n\nthe weather was fine on day {i}.\n", encoding="utf-8")
+    (root / "ticket.md").write_text("# Tickets\nthe fix for XJ4417 is in the parser.\n", encoding="utf-8")
+    return root
+
+
+def search_json(db, query, *options):
+    result = invoke("search", query, "--db", db, "--json", *options)
+    return result, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_keyword_and_hybrid_find_a_rare_code(codes_folder, tiny_matryoshka, tmp_path):
+    db = tmp_path / "codes.db"
+    assert invoke("index", codes_folder, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    result, hits = search_json(db, "XJ4417", "--mode", "keyword")
+    assert result.exit_code == 0, result.output
+    assert len(hits) == 1 and hits[0]["path"].endswith("ticket.md") and hits[0]["heading"] == "Tickets"
+    # Hybrid (the default): in both lists, so first whatever the (random) tiny model thinks of it.
+    result, hits = search_json(db, "XJ4417", "-k", 3)
+    assert result.exit_code == 0 and hits[0]["path"].endswith("ticket.md") and len(hits) == 3
+    assert hits[0]["score"] > 1 / 61  # reciprocal rank fusion: 1/(60+1) from the keywords plus the vector list's share
+    # FTS5 syntax in a query is text, never an error or an operator.
+    for query in ['"XJ4417', "XJ4417 AND (NEAR", "XJ4417*", "col:XJ4417 ^ -x", "XJ4417 OR NOT'"]:
+        result, hits = search_json(db, query, "--mode", "keyword")
+        assert result.exit_code == 0, (query, result.output)
+        assert hits and hits[0]["path"].endswith("ticket.md"), query
+
+
+def test_queries_without_rankable_words_say_so(codes_folder, tiny_matryoshka, tmp_path):
+    db = tmp_path / "codes.db"
+    assert invoke("index", codes_folder, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    result = invoke("search", "?!... --- ***", "--db", db, "--mode", "keyword")
+    assert result.exit_code == 1 and "no words to match" in result.output and "--mode vector" in result.output
+    # "the" and "of" are in every note: they match, but cannot rank, and the search says so.
+    result, hits = search_json(db, "the of", "--mode", "keyword")
+    assert result.exit_code == 0 and len(hits) == 7 and "more than half of the chunks" in result.stderr
+    assert "barely ranked" in result.stderr and "--mode vector" in result.stderr
+    for query, why in [("?!... --- ***", "no words to match"), ("the of", "more than half of the chunks")]:
+        result, hits = search_json(db, query)  # hybrid: by meaning only, and a note saying why
+        assert result.exit_code == 0 and len(hits) == 7
+        assert why in result.stderr and "ranked by meaning only" in result.stderr
+        result, hits = search_json(db, query, "--mode", "vector")
+        assert result.exit_code == 0 and len(hits) == 7 and not result.stderr
+
+
+def test_keyword_search_needs_no_model(codes_folder, tiny_matryoshka, tmp_path, monkeypatch):
+    db = tmp_path / "codes.db"
+    assert invoke("index", codes_folder, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    monkeypatch.setattr("mlx_embedgemma.loading.load", lambda *a, **k: pytest.fail("keyword search loaded the model"))
+    result, hits = search_json(db, "parser", "--mode", "keyword")
+    assert result.exit_code == 0 and hits[0]["path"].endswith("ticket.md")
+
+
+# --- compact stores ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["int8", "binary"])
+def test_compact_stores_rescore_with_full_vectors(store, notes, tiny_matryoshka, model, tmp_path):
+    from mlx_embedgemma.search import quantize
+
+    db = tmp_path / f"{store}.db"
+    result = invoke("index", notes, "--db", db, "--model", tiny_matryoshka, "--store", store, "--dim", 16)
+    assert result.exit_code == 0, result.output
+    chunks = rows(db, "SELECT text, vector, full FROM chunks ORDER BY id")
+    texts = [c[0] for c in chunks]
+    full = model.encode_document(texts)
+    np.testing.assert_allclose(np.array([np.frombuffer(c[2], "<f4") for c in chunks]), full, atol=1e-6)
+    first = model.encode_document(texts, dim=16)
+    ranges = quantize.calibrate(first)
+    expected = quantize.encode(first, store, ranges)
+    got = np.array([np.frombuffer(c[1], expected.dtype) for c in chunks])
+    # int8 ranges from the float32 vectors round the same way except at a bucket's very edge.
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= (1 if store == "int8" else 0)
+    assert invoke("index", notes, "--db", db, "--store", "float32").exit_code == 1  # a store keeps its kind
+
+    # Self-retrieval through the funnel: the chunk itself comes first, with its exact full-size cosine.
+    result, hits = search_json(db, texts[2], "--mode", "vector", "--prompt-name", "document", "-k", 3)
+    assert result.exit_code == 0 and hits[0]["text"] == texts[2] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    q = model.encode(texts[2], prompt_name="document")
+    assert [h["score"] for h in hits] == pytest.approx(sorted((full @ q).tolist(), reverse=True)[:3], abs=1e-5)
+
+
+def test_int8_ranges_widen_and_recode_everything(tmp_path, tiny_matryoshka, model):
+    from mlx_embedgemma.search import quantize
+
+    root = tmp_path / "grow"
+    root.mkdir()
+    (root / "a.txt").write_text("alpha beta\n\ngamma delta\n", encoding="utf-8")
+    db = tmp_path / "grow.db"
+    assert invoke("index", root, "--db", db, "--model", tiny_matryoshka, "--store", "int8", "--dim", 32).exit_code == 0
+    (root / "b.txt").write_text("\n\n".join(f"note {i}: " + "zeta " * i for i in range(1, 12)), encoding="utf-8")
+    assert invoke("index", root, "--db", db).exit_code == 0
+    chunks = rows(db, "SELECT full, vector FROM chunks ORDER BY id")
+    full = np.array([np.frombuffer(c[0], "<f4") for c in chunks])  # the model's (checked in the test above)
+    first = full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True)
+    ranges = np.frombuffer(bytes.fromhex(dict(rows(db, "SELECT key, value FROM meta"))["int8_ranges"]), np.float32).reshape(2, 32)
+    assert quantize.covers(ranges, first)  # every stored vector is inside the ranges...
+    got = np.array([np.frombuffer(c[1], np.int8) for c in chunks]).astype(int)
+    np.testing.assert_array_equal(got, quantize.encode(first, "int8", ranges))  # ...and coded with them
+    assert got.min() == -128 and got.max() == 127  # the ranges are the data's own, not wider
+
+
+# --- older stores, rebuilds, renames and vanishing folders -------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,
+                    sha256 TEXT NOT NULL, indexed_at TEXT NOT NULL);
+CREATE TABLE chunks (id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+                     ordinal INTEGER NOT NULL, heading TEXT NOT NULL, text TEXT NOT NULL, start_line INTEGER NOT NULL,
+                     embedding BLOB NOT NULL);
+CREATE INDEX chunks_by_file ON chunks(file_id);
+"""
+
+
+def make_v1_store(db: Path, model, folder: Path) -> list[str]:
+    """A store as mlx-embedgemma 0.1.0 wrote it (format 1: float32 vectors, chunks in characters)."""
+    from mlx_embedgemma.search.store import file_sha256
+
+    texts = ["the first chunk, about a lighthouse.", "the second chunk, about a harbour."]
+    vectors = model.encode_document(texts, dim=32)
+    weights = Path(model.path).resolve() / "model.safetensors"
+    path = folder / "old.txt"
+    path.write_text("\n\n".join(texts), encoding="utf-8")
+    st = path.stat()
+    with sqlite3.connect(db) as c:
+        c.executescript(V1_SCHEMA)
+        meta = {"format_version": 1, "model_sha256": file_sha256(weights), "model_name": Path(model.path).name,
+                "model_path": str(weights.parent), "model_size": weights.stat().st_size,
+                "model_mtime_ns": weights.stat().st_mtime_ns, "dim": 32, "document_prompt": model.prompts["document"],
+                "query_prompt_name": "query", "chunk_chars": 40, "overlap_chars": 0, "vector_dtype": "float32"}
+        c.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+        c.execute("INSERT INTO files VALUES (1, ?, ?, ?, 'x', 'then')", (str(path), st.st_mtime_ns, st.st_size))
+        c.executemany("INSERT INTO chunks VALUES (?, 1, ?, '', ?, ?, ?)",
+                      [(i + 1, i, t, 1 + 2 * i, v.astype("<f4").tobytes()) for i, (t, v) in enumerate(zip(texts, vectors))])
+    return texts
+
+
+def test_a_format_1_store_is_migrated_and_keeps_its_vectors(tmp_path, tiny_matryoshka, model):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = tmp_path / "v1.db"
+    texts = make_v1_store(db, model, folder)
+    before = rows(db, "SELECT id, embedding FROM chunks ORDER BY id")
+    result, hits = search_json(db, "harbour", "--mode", "keyword")  # the full-text index is built on the way
+    assert result.exit_code == 0, result.output
+    assert [h["text"] for h in hits] == [texts[1]]
+    assert rows(db, "SELECT id, vector FROM chunks ORDER BY id") == before  # the same vectors, moved
+    meta = dict(rows(db, "SELECT key, value FROM meta"))
+    assert (meta["format_version"], meta["store"], meta["chunk_unit"], meta["chunk_size"]) == ("2", "float32", "chars", "40")
+    result, hits = search_json(db, texts[0], "--mode", "vector", "--prompt-name", "document")
+    assert hits[0]["text"] == texts[0] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    # Its files are still current; measured in characters until it is rebuilt.
+    result = invoke("index", folder, "--db", db)
+    assert result.exit_code == 0 and "1 unchanged" in result.stdout, result.output
+    result = invoke("index", folder, "--db", db, "--chunk-tokens", 40)
+    assert result.exit_code == 1 and "chunks of 40 chars" in result.output and "--rebuild" in result.output
+
+
+def test_a_newer_store_is_refused(tmp_path, notes, tiny_matryoshka):
+    db = tmp_path / "new.db"
+    assert invoke("index", notes, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    result = invoke("search", "x", "--db", db)
+    assert result.exit_code == 1 and "format 99, newer" in result.output and "upgrade" in result.output
+
+
+def test_a_renamed_file_keeps_its_vectors(notes, tiny_matryoshka, tmp_path):
+    db = tmp_path / "notes.db"
+    assert invoke("index", notes, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    before = rows(db, "SELECT c.id, c.text, c.vector FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path LIKE '%mars.md'")
+    (notes / "mars.md").rename(notes / "planets.md")
+    result = invoke("index", notes, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "0 new, 0 changed, 1 renamed" in result.stdout and "0 removed" in result.stdout and "0 chunks embedded" in result.stdout
+    after = rows(db, "SELECT c.id, c.text, c.vector FROM chunks c JOIN files f ON f.id = c.file_id WHERE f.path LIKE '%planets.md'")
+    assert after == before
+    result, hits = search_json(db, "Venus", "--mode", "keyword")
+    assert hits[0]["path"] == str(notes / "planets.md")
+
+
+def test_a_folder_that_vanishes_while_indexed_loses_nothing(notes, tiny_matryoshka, model, tmp_path):
+    db = tmp_path / "notes.db"
+    assert invoke("index", notes, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    before = rows(db, "SELECT path, sha256 FROM files ORDER BY path")
+    (notes / "sub" / "drinks.txt").write_text("changed", encoding="utf-8")
+    with SearchIndex(db) as store, pytest.raises(FileNotFoundError, match="disappeared while it was being indexed"):
+        store.index_folder(notes, model, progress=lambda path: shutil.rmtree(notes))
+    assert {p for p, _ in rows(db, "SELECT path, sha256 FROM files")} == {p for p, _ in before}
+
+
+def test_a_killed_rebuild_leaves_the_old_store_searchable(tmp_path, tiny_matryoshka):
+    from processes import kill_when
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(300):
+        (big / f"n{i:03}.txt").write_text(f"note {i} about the harbour\n\nsecond paragraph {i}\n", encoding="utf-8")
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "one.txt").write_text("a lighthouse on the rock", encoding="utf-8")
+    db = tmp_path / "store.db"
+    assert invoke("index", small, "--db", db, "--model", tiny_matryoshka).exit_code == 0
+    before = rows(db, "SELECT path FROM files")
+    aside = tmp_path / ".store.db.rebuild"
+    cmd = [sys.executable, "-m", "mlx_embedgemma.cli", "index", str(big), "--db", str(db), "--rebuild", "--batch-size", "4"]
+    # Killed once the new store has some chunks committed (it grows past its empty size).
+    killed = kill_when(cmd, tmp_path, lambda: aside.exists() and aside.stat().st_size > 64 * 1024, poll_s=0.01)
+    assert killed, "the rebuild finished before it could be killed: give it more files"
+    assert rows(db, "SELECT path FROM files") == before
+    result, hits = search_json(db, "lighthouse", "--mode", "keyword")
+    assert result.exit_code == 0 and hits[0]["path"].endswith("one.txt")
+    # The next rebuild starts over (the partial file is not reused) and replaces the store when done.
+    result = invoke("index", big, "--db", db, "--rebuild")
+    assert result.exit_code == 0, result.output
+    assert "300 new" in result.stdout and rows(db, "SELECT COUNT(*) FROM files") == [(300,)] and not aside.exists()

@@ -422,11 +422,13 @@ class SearchIndex:
         lists: list[list[tuple[int, float]]] = []
         if mode != "vector":
             words, note = self._keywords(query)
-            if note:
-                if mode == "keyword":
-                    raise StoreError(note + ": use --mode vector (or hybrid) to search by meaning")
+            if not words and mode == "keyword":
+                raise StoreError(note + ": use --mode vector (or hybrid) to search by meaning")
+            if note and mode == "hybrid":
                 notes.append(note + ": ranked by meaning only")
-            else:
+            elif note:
+                notes.append(note + ": these matches are barely ranked; add a rarer word, or use --mode vector")
+            if words and not (note and mode == "hybrid"):
                 lists.append(self._keyword_hits(words, depth))
         if mode != "keyword":
             if model is None:
@@ -445,16 +447,16 @@ class SearchIndex:
         return Hit(rank, float(score), path, line, heading, text, ordinal)
 
     def _keywords(self, query: str) -> tuple[list[str], str | None]:
-        """The query's words that can rank (as FTS5 phrases, so no character of the query is FTS5 syntax),
-        or why there are none: no words at all, or only words in more than half of the chunks, whose BM25
-        weight is nil (stop words, in any language)."""
+        """The query's words to match (as FTS5 phrases, so no character of the query is FTS5 syntax), and
+        what is wrong with them: none at all, or only words in more than half of the chunks, whose BM25
+        weight is nil (stop words, in any language). Such common words are left out beside rarer ones."""
         words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", query)))
         if not words:
             return [], "the query has no words to match (only punctuation or symbols)"
         total = self.counts()[1]
         rare = [w for w in words if 2 * self._matches(w) <= total]
         if not rare:
-            return [], f"every word of the query ({', '.join(words)}) is in more than half of the chunks, so none can rank them"
+            return words, f"every word of the query ({', '.join(words)}) is in more than half of the chunks"
         return rare, None
 
     def _matches(self, word: str) -> int:
