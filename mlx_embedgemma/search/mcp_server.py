@@ -9,10 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12; the SDK depends on it
+
 from ..embedder import EmbeddingGemma
 from .store import MODES, SearchIndex
 
 MAX_K = 100
+
+
+class Result(TypedDict):
+    file: str
+    line: int
+    heading: str
+    score: float
+    text: str
+
+
+class Answer(TypedDict):
+    results: list[Result]
+    notes: list[str]
 
 
 def build_server(db: str | Path, model: EmbeddingGemma):
@@ -26,7 +41,7 @@ def build_server(db: str | Path, model: EmbeddingGemma):
     # Async on purpose: the SDK runs a sync tool on a worker thread, and the store's SQLite connection
     # and the model then run on the event loop's thread, one call at a time.
     @server.tool()
-    async def search(query: str, k: int = 10, mode: str = "hybrid") -> dict:
+    async def search(query: str, k: int = 10, mode: str = "hybrid") -> Answer:
         """Search the indexed files. mode: hybrid (meaning and keywords, the default), vector (meaning only)
         or keyword (BM25 over the words). Returns the best chunks: file, line, heading, score and text."""
         if not query.strip():
