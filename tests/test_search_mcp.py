@@ -57,7 +57,7 @@ def test_search_tool_over_stdio(store):
     results = hybrid.structured_content["results"]
     assert len(results) == 5 and results[0]["file"].endswith("ticket.md")
     assert set(results[0]) == {"file", "line", "heading", "score", "text"}
-    assert results[0]["heading"] == "Tickets" and results[0]["line"] == 3 and "XJ4417" in results[0]["text"]
+    assert results[0]["heading"] == "Tickets" and results[0]["line"] == 1 and "XJ4417" in results[0]["text"]
     assert [r["file"] for r in keyword.structured_content["results"]] == [results[0]["file"]]
     assert len(vector.structured_content["results"]) == 2
     scores = [r["score"] for r in vector.structured_content["results"]]

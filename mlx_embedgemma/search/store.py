@@ -35,7 +35,18 @@ MODES = ("hybrid", "vector", "keyword")
 FLUSH_CHUNKS = 128  # chunks embedded together (across small files) before they are written
 FUSION_DEPTH = 50  # results taken from each list before fusing (at least k)
 
-SCHEMA = """
+CHUNKS_COLUMNS = """(
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    heading TEXT NOT NULL,
+    text TEXT NOT NULL,
+    start_line INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    full BLOB
+)"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -45,16 +56,7 @@ CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT NOT NULL,
     indexed_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
-    ordinal INTEGER NOT NULL,
-    heading TEXT NOT NULL,
-    text TEXT NOT NULL,
-    start_line INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    full BLOB
-);
+CREATE TABLE IF NOT EXISTS chunks {CHUNKS_COLUMNS};
 CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks(file_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     heading, text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
@@ -67,18 +69,9 @@ END;
 """
 
 # Format 1 (float32 vectors in `chunks.embedding`, chunks measured in characters, no full-text index).
-MIGRATE_FROM_1 = """
+MIGRATE_FROM_1 = f"""
 BEGIN;
-CREATE TABLE chunks_v2 (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
-    ordinal INTEGER NOT NULL,
-    heading TEXT NOT NULL,
-    text TEXT NOT NULL,
-    start_line INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    full BLOB
-);
+CREATE TABLE chunks_v2 {CHUNKS_COLUMNS};
 INSERT INTO chunks_v2 (id, file_id, ordinal, heading, text, start_line, vector)
     SELECT id, file_id, ordinal, heading, text, start_line, embedding FROM chunks;
 DROP TABLE chunks;
