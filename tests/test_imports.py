@@ -85,3 +85,20 @@ def test_loading_an_mlx_community_folder_imports_nothing_heavy(tiny_source, tiny
     assert result["layout"] == "mlx-community"
     for name in HEAVY:
         assert name not in result["modules"], f"loading an mlx-community folder imported {name}"
+
+
+def test_the_search_package_loads_its_libraries_only_when_used(tmp_path):
+    seen = run_python(
+        """
+        import json, sys
+        from mlx_embedgemma.search import DEFAULT_EXTENSIONS  # what the CLI reads at import
+        light = sorted(sys.modules)
+        from mlx_embedgemma.search import SearchIndex  # the store: sqlite3 and the model, not watch or MCP
+        print(json.dumps({"light": light, "store": sorted(sys.modules), "exts": list(DEFAULT_EXTENSIONS)}))
+        """,
+        tmp_path,
+    )
+    assert ".md" in seen["exts"]
+    for name in ("sqlite3", "mlx.core", "watchdog", "mcp", "mlx_embedgemma.search.store"):
+        assert name not in seen["light"], f"the extension list imported {name}"
+    assert "sqlite3" in seen["store"] and "watchdog" not in seen["store"] and "mcp" not in seen["store"]
