@@ -465,13 +465,37 @@ def test_a_folder_that_vanishes_while_indexed_loses_nothing(notes, tiny_matryosh
     assert {p for p, _ in rows(db, "SELECT path, sha256 FROM files")} == {p for p, _ in before}
 
 
+def many_notes(folder: Path, n: int = 300) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"n{i:03}.txt").write_text(f"note {i} about the harbour\n\nsecond paragraph {i}\n", encoding="utf-8")
+    return folder
+
+
+def test_an_update_killed_midway_leaves_a_consistent_store(tmp_path, tiny_matryoshka):
+    from processes import kill_when
+
+    big = many_notes(tmp_path / "big")
+    db = tmp_path / "store.db"
+    cmd = [sys.executable, "-m", "mlx_embedgemma.cli", "index", str(big), "--db", str(db), "--model", str(tiny_matryoshka),
+           "--batch-size", "4"]
+    assert kill_when(cmd, tmp_path, lambda: db.exists() and db.stat().st_size > 64 * 1024, poll_s=0.01)
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    files, chunks = rows(db, "SELECT COUNT(*) FROM files")[0][0], rows(db, "SELECT COUNT(*) FROM chunks")[0][0]
+    assert 0 < files < 300 and chunks == files  # whole files only: each note is one chunk, and has it
+    assert rows(db, "SELECT COUNT(*) FROM files WHERE id NOT IN (SELECT file_id FROM chunks)") == [(0,)]
+    with sqlite3.connect(db) as c:  # the full-text index matches the chunks (FTS5 raises if not)
+        c.execute("INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('integrity-check', 1)")
+    result, hits = search_json(db, "harbour", "--mode", "keyword", "-k", 1)
+    assert result.exit_code == 0 and hits
+    result = invoke("index", big, "--db", db)  # the next run finishes the job
+    assert result.exit_code == 0 and f"{300 - files} new" in result.stdout and "300 files, 300 chunks" in result.stdout
+
+
 def test_a_killed_rebuild_leaves_the_old_store_searchable(tmp_path, tiny_matryoshka):
     from processes import kill_when
 
-    big = tmp_path / "big"
-    big.mkdir()
-    for i in range(300):
-        (big / f"n{i:03}.txt").write_text(f"note {i} about the harbour\n\nsecond paragraph {i}\n", encoding="utf-8")
+    big = many_notes(tmp_path / "big")
     small = tmp_path / "small"
     small.mkdir()
     (small / "one.txt").write_text("a lighthouse on the rock", encoding="utf-8")
