@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .search_index import DEFAULT_EXTENSIONS
+from .search import DEFAULT_EXTENSIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -447,42 +447,78 @@ def _shown(path: str) -> str:
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The SQLite store (created if missing).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help=f"Model folder [default: ${MODEL_ENV}, else the one the store was made with].")
-@click.option("--dim", type=click.IntRange(1), default=None, help="Matryoshka size of the stored vectors [default: full, or the store's].")
-@click.option("--rebuild", is_flag=True, help="Drop everything stored and re-index (another model, size or chunking).")
-@click.option("--chunk-chars", type=click.IntRange(100), default=None, help="Largest chunk, in characters [default: 1500, or the store's].")
-@click.option("--overlap-chars", type=click.IntRange(0), default=None,
-              help="Paragraphs repeated between neighbouring chunks, in characters [default: 200, or the store's].")
+@click.option("--dim", type=click.IntRange(1), default=None,
+              help="Matryoshka size of the stored vectors (of the first pass, for int8 and binary) [default: full, or the store's].")
+@click.option("--store", "kind", type=click.Choice(["float32", "int8", "binary"]), default=None,
+              help="float32: exact search. int8 / binary: a 4x / 32x smaller first pass, its best candidates rescored "
+                   "with full-size float vectors read from disk [default: float32, or the store's].")
+@click.option("--rebuild", is_flag=True, help="Re-index everything into a new store, which replaces the old one once complete.")
+@click.option("--chunk-tokens", type=click.IntRange(16), default=None,
+              help="Largest chunk, in the model's tokens (prompt excluded) [default: 400 or the model's limit, or the store's].")
+@click.option("--overlap-tokens", type=click.IntRange(0), default=None,
+              help="Paragraphs repeated between neighbouring chunks, in tokens [default: 50, or the store's].")
 @click.option("--ext", "extensions", default=",".join(e.lstrip(".") for e in DEFAULT_EXTENSIONS),
               show_default=True, help="File name endings to index, comma separated.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-def index(folder: Path, db: Path, model: Path | None, dim: int | None, rebuild: bool, chunk_chars: int | None,
-          overlap_chars: int | None, extensions: str, batch_size: int) -> None:
+@click.option("--watch", is_flag=True, help="Then keep the store current as files change, until Ctrl-C (needs the [search] extra).")
+@click.option("--debounce", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="With --watch: seconds without changes before updating, so a burst of saves is embedded once.")
+def index(folder: Path, db: Path, model: Path | None, dim: int | None, kind: str | None, rebuild: bool,
+          chunk_tokens: int | None, overlap_tokens: int | None, extensions: str, batch_size: int, watch: bool,
+          debounce: float) -> None:
     """Index the text and Markdown files of FOLDER into --db for `search` (again: only what changed).
 
     Markdown is cut by headings, then paragraphs; plain text by paragraphs. Unchanged files are skipped,
-    changed ones re-embedded, deleted ones removed. Everything stays on this machine.
+    changed ones re-embedded, renamed ones moved, deleted ones removed. Everything stays on this machine.
     """
     from .loading import load
-    from .search_index import IndexError_, SearchIndex
+    from .search import SearchIndex, StoreError
+    from .search import rebuild as rebuild_aside
 
+    exts = [e.strip() for e in extensions.split(",") if e.strip()]
+
+    def update(target: SearchIndex, **settings):
+        return target.index_folder(folder, m, extensions=exts, batch_size=batch_size,
+                                  progress=lambda p: click.echo(f"  embedding {_shown(p)}", err=True), **settings)
+
+    settings = {"dim": dim, "store": kind, "chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}
     try:
         with SearchIndex(db) as store:
             m = load(_index_model(model, store))
-            exts = [e.strip() for e in extensions.split(",") if e.strip()]
-            report = store.index_folder(
-                folder, m, dim=dim, rebuild=rebuild, chunk_chars=chunk_chars, overlap_chars=overlap_chars,
-                extensions=exts, batch_size=batch_size, progress=lambda p: click.echo(f"  embedding {_shown(p)}", err=True),
-            )
-    except (IndexError_, FileNotFoundError, ValueError) as e:
+            if not rebuild:
+                report = update(store, **settings)
+        if rebuild:
+            report = rebuild_aside(db, lambda new: update(new, **settings))
+        _print_index_report(report, db, m.max_seq_length)
+        if watch:
+            from .search.watch import watch_folder
+
+            click.echo(f"watching {_shown(str(folder))} (Ctrl-C to stop)", err=True)
+
+            def update_once():
+                with SearchIndex(db) as store:
+                    return update(store)
+
+            watch_folder(folder, update_once, lambda r: _print_index_report(r, db, m.max_seq_length), debounce_s=debounce,
+                         extensions=exts)
+    except (StoreError, FileNotFoundError, ValueError, ImportError) as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("stopped watching; the store is current up to the last update", err=True)
+
+
+def _print_index_report(report, db: Path, max_seq_length: int) -> None:
     for path, why in report.skipped:
         click.echo(f"skipped {_shown(path)}: {why}", err=True)
+    for old, new in report.renamed:
+        click.echo(f"renamed {_shown(old)} -> {_shown(new)}", err=True)
     if report.truncated:
-        click.echo(f"{report.truncated} chunks were longer than the model's {m.max_seq_length} tokens and were cut to it: "
-                   "re-index with a smaller --chunk-chars (and --rebuild)", err=True)
+        click.echo(f"{report.truncated} chunks were longer than the model's {max_seq_length} tokens and were cut to it: "
+                   "re-index with --rebuild (chunks are then measured in tokens)", err=True)
     click.echo(
-        f"{len(report.added)} new, {len(report.updated)} changed, {report.unchanged + report.touched} unchanged, "
-        f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks_embedded} chunks embedded; "
+        f"{len(report.added)} new, {len(report.updated)} changed, {len(report.renamed)} renamed, "
+        f"{report.unchanged + report.touched} unchanged, {len(report.removed)} removed, {len(report.skipped)} skipped; "
+        f"{report.chunks_embedded} chunks embedded; "
         f"{report.files_total} files, {report.chunks_total} chunks in {_shown(str(db))} ({report.seconds:.1f} s)"
     )
 
@@ -491,22 +527,26 @@ def index(folder: Path, db: Path, model: Path | None, dim: int | None, rebuild: 
 @click.argument("query")
 @click.option("--db", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="A store made by `index`.")
 @click.option("-k", "--top-k", "k", type=click.IntRange(1), default=10, show_default=True, help="How many chunks to show.")
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True,
+              help="vector: by meaning; keyword: by words (BM25); hybrid: both, fused by reciprocal rank.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help=f"Model folder [default: ${MODEL_ENV}, else the one the store was made with].")
 @click.option("--prompt-name", default="query", show_default=True, help="Task prompt of the query (documents have `document`).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result, for scripts.")
-def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, as_json: bool) -> None:
-    """Search a store made by `index` by meaning: rank, score, file:line, heading and a snippet."""
+def search(query: str, db: Path, k: int, mode: str, model: Path | None, prompt_name: str, as_json: bool) -> None:
+    """Search a store made by `index`: rank, score, file:line, heading and a snippet."""
     from .loading import load
-    from .search_index import IndexError_, SearchIndex
+    from .search import SearchIndex, StoreError
 
     try:
         with SearchIndex(db) as store:
-            m = load(_index_model(model, store))
-            hits = store.search(m, query, k=k, prompt_name=prompt_name)
-    except (IndexError_, FileNotFoundError, ValueError) as e:
+            m = load(_index_model(model, store)) if mode != "keyword" else None
+            results = store.search(m, query, k=k, mode=mode, prompt_name=prompt_name)
+    except (StoreError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    for h in hits:
+    for note in results.notes:
+        click.echo(f"note: {note}", err=True)
+    for h in results.hits:
         if as_json:
             click.echo(json.dumps({"rank": h.rank, "score": round(h.score, 6), "path": h.path, "line": h.start_line,
                                    "chunk": h.ordinal, "heading": h.heading, "text": h.text}, ensure_ascii=False))
@@ -515,8 +555,27 @@ def search(query: str, db: Path, k: int, model: Path | None, prompt_name: str, a
         snippet = snippet if len(snippet) <= 200 else snippet[:197] + "..."
         click.echo(f"{h.rank:>3}  {h.score:.4f}  {_shown(h.path)}:{h.start_line}" + (f"  [{h.heading}]" if h.heading else ""))
         click.echo(f"     {snippet}")
-    if not hits:
-        click.echo("the store holds no chunks", err=True)
+    if not results.hits:
+        click.echo("no chunk matches" if mode == "keyword" else "the store holds no chunks", err=True)
+
+
+@main.command()
+@click.option("--db", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="A store made by `index`.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help=f"Model folder [default: ${MODEL_ENV}, else the one the store was made with].")
+def mcp(db: Path, model: Path | None) -> None:
+    """Serve the store's search to AI agents over the Model Context Protocol (stdio; needs the [mcp] extra)."""
+    from .loading import load
+    from .search import SearchIndex, StoreError
+
+    try:
+        from .search.mcp_server import serve
+
+        with SearchIndex(db) as store:
+            model_path = _index_model(model, store)
+        serve(db, load(model_path))
+    except (StoreError, FileNotFoundError, ValueError, ImportError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

@@ -21,7 +21,7 @@ HEAVY = [
     "mlx.optimizers",
     # The server, the integrations and the file index: their libraries load only when those are used.
     "starlette", "uvicorn", "fastapi", "httpx", "openai", "langchain_core", "llama_index", "pydantic", "sqlite3",
-    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search_index",
+    "mlx_embedgemma.server", "mlx_embedgemma.integrations", "mlx_embedgemma.search", "watchdog", "mcp",
     # Used by `embed` and the converter: loaded when those run.
     "mlx_embedgemma.embed_stream", "mlx_embedgemma.durable", "mlx_embedgemma.check",
     # Ray Data (and the pyarrow it brings) only for `embed-dataset` and mlx_embedgemma.integrations.ray.
@@ -105,3 +105,20 @@ def test_the_library_side_of_embed_and_durable_writes_imports_nothing_heavy(tmp_
     for name in HEAVY:
         if name not in ("mlx_embedgemma.embed_stream", "mlx_embedgemma.durable"):
             assert name not in seen, f"importing embed_stream/durable imported {name}"
+
+
+def test_the_search_package_loads_its_libraries_only_when_used(tmp_path):
+    seen = run_python(
+        """
+        import json, sys
+        from mlx_embedgemma.search import DEFAULT_EXTENSIONS  # what the CLI reads at import
+        light = sorted(sys.modules)
+        from mlx_embedgemma.search import SearchIndex  # the store: sqlite3 and the model, not watch or MCP
+        print(json.dumps({"light": light, "store": sorted(sys.modules), "exts": list(DEFAULT_EXTENSIONS)}))
+        """,
+        tmp_path,
+    )
+    assert ".md" in seen["exts"]
+    for name in ("sqlite3", "mlx.core", "watchdog", "mcp", "mlx_embedgemma.search.store"):
+        assert name not in seen["light"], f"the extension list imported {name}"
+    assert "sqlite3" in seen["store"] and "watchdog" not in seen["store"] and "mcp" not in seen["store"]
