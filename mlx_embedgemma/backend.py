@@ -30,7 +30,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from . import native
-from .model import Attend, GeluGate
+from .model import Attend, GeluGate, RMSNorm
 
 ENV_THREADS = "MLX_EMBEDGEMMA_THREADS"
 KERNEL_CHOICES = ("auto", "native", "mlx")
@@ -70,7 +70,7 @@ class Plan:
     isa: str | None  # the native kernel's instruction set, e.g. "avx512"
     linear: str  # "native", "mlx" or "mlx-dequantized" (quantized layers made float at load)
     attention: str  # "native" or "mlx"
-    activation: str  # "native" or "mlx"
+    activation: str  # "native" or "mlx": the gated GELU, RMSNorm and RoPE
     weights: str  # "mapped" (read in place from model.safetensors) or "resident"
     threads: int  # native kernel threads (MLX's CPU ops are single-threaded)
     max_batch_tokens: int  # padded tokens per forward pass: bounds activation memory
@@ -79,7 +79,7 @@ class Plan:
     def describe(self) -> str:
         isa = f" ({self.isa})" if self.isa else ""
         return (f"{self.backend}: {self.kernels} kernels{isa}, linear {self.linear}, attention {self.attention}, "
-                f"activation {self.activation}, weights {self.weights}, {self.threads} threads, "
+                f"GELU/norms/RoPE {self.activation}, weights {self.weights}, {self.threads} threads, "
                 f"{self.max_batch_tokens} tokens per pass")
 
 
@@ -154,11 +154,12 @@ def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", thre
         # MLX's CPU backend on macOS runs elementwise ops and float matmuls through Accelerate (vectorized,
         # AMX on Apple silicon), unlike the scalar loops measured on Linux x86-64.
         attention = activation = "mlx"
-        reasons.append("macOS: attention, activation and norms by MLX (Accelerate); quantized matmul native "
+        reasons.append("macOS: attention, GELU, norms and RoPE by MLX (Accelerate); quantized matmul native "
                        "(NEON). Unverified: no Mac has run this package; `bench --kernels native,mlx` settles it")
     else:
         attention = activation = "native"
-        reasons.append("attention and gated GELU: native kernels (MLX's CPU loops are scalar on x86-64; measured)")
+        reasons.append("attention, gated GELU, RMSNorm and RoPE: native kernels (MLX's CPU loops for them are scalar "
+                       "on x86-64; measured)")
     return Plan("cpu", "cpu", where, "native", native.isa(), "native", attention, activation, "mapped", threads, 1024,
                 tuple(reasons))
 
@@ -184,6 +185,10 @@ def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> 
                 swaps.append((name, nl.NativeAttend(module.scale, module.radius)))
             elif isinstance(module, GeluGate) and plan.activation == "native":
                 swaps.append((name, nl.NativeGeluGate()))
+            elif isinstance(module, RMSNorm) and plan.activation == "native":
+                swaps.append((name, nl.NativeRMSNorm(module)))
+            elif isinstance(module, nn.RoPE) and plan.activation == "native":
+                swaps.append((name, nl.NativeRoPE(module)))
     elif plan.linear == "mlx-dequantized":
         swaps = [(name, _dequantized(m)) for name, m in network.named_modules() if isinstance(m, nn.QuantizedLinear)]
     modules = dict(network.named_modules())

@@ -64,6 +64,8 @@ def _open() -> ctypes.CDLL | None:
     lib.eg_gelu_mul.argtypes = [p, p, p, i64]
     lib.eg_attention.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_float, i64, p]
     lib.eg_attention.restype = i32
+    lib.eg_rms_norm.argtypes = [p, p, p, i64, i64, ctypes.c_float]
+    lib.eg_rope.argtypes = [p, p, p, p, i64, i64, i64]
     _lib = lib
     _why_not = ""
     return lib
@@ -113,7 +115,7 @@ def _ptr(a: np.ndarray | None) -> int | None:
         return None
     if not a.flags.c_contiguous:
         raise ValueError("native kernels take C-contiguous arrays")
-    return a.ctypes.data
+    return a.__array_interface__["data"][0]  # a.ctypes.data builds a ctypes object per call: 5x slower
 
 
 def matmul(x: np.ndarray, weight: np.ndarray, kind: int, N: int, K: int, out: np.ndarray,
@@ -151,3 +153,19 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, valid: np.ndarray, sc
         raise ValueError("attention needs right-padded rows (real tokens first)")
     if rc:
         raise ValueError(f"attention cannot serve q {q.shape}, k {k.shape}")
+
+
+def rms_norm(x: np.ndarray, scale: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out = x / sqrt(mean(x**2, axis=-1) + eps) * scale, float32 (Gemma passes scale = 1 + weight)."""
+    dim = scale.size
+    if not (x.dtype == scale.dtype == out.dtype == np.float32) or x.shape[-1] != dim or x.shape != out.shape:
+        raise ValueError(f"rms_norm shapes/dtypes: x {x.shape} {x.dtype}, scale {scale.shape}, out {out.shape}")
+    _require().eg_rms_norm(_ptr(x), _ptr(scale), _ptr(out), x.size // dim, dim, eps)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
+    """Rotary embedding, halves rotated: x, out (..., L, D) float32; cos, sin (>= L, D / 2) per position."""
+    L, D = x.shape[-2:]
+    if x.dtype != np.float32 or out.shape != x.shape or cos.shape[0] < L or cos.shape[1] * 2 != D or cos.shape != sin.shape:
+        raise ValueError(f"rope shapes: x {x.shape}, cos {cos.shape}, sin {sin.shape}")
+    _require().eg_rope(_ptr(x), _ptr(cos), _ptr(sin), _ptr(out), x.size // (L * D), L, D)

@@ -111,3 +111,52 @@ class NativeGeluGate(nn.Module):
         out = np.empty_like(u)
         native.gelu_mul(g, u, out)
         return to_mlx(out)
+
+
+class NativeRMSNorm(nn.Module):
+    """model.RMSNorm on the native kernel; its scale (1 + weight) made float32 once."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self._scale = host((1.0 + norm.weight).astype(mx.float32))
+        self.eps = norm.eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        xs = host(x)
+        out = np.empty_like(xs)
+        native.rms_norm(xs, self._scale, self.eps, out)
+        return to_mlx(out)
+
+
+class NativeRoPE(nn.Module):
+    """nn.RoPE (traditional=False, scale 1, offset 0) on the native kernel, angles from a table per base.
+
+    Angles are position * base ** (-2i / D) in float64, rounded once to float32 cos and sin: as exact as
+    the reference's float32 angles or more (at position 2,047 a float32 angle is off by up to 1e-4).
+    """
+
+    _tables: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __init__(self, rope: nn.RoPE):
+        super().__init__()
+        if rope.traditional or rope.scale != 1.0:
+            raise ValueError("NativeRoPE serves Gemma's RoPE only (rotated halves, scale 1)")
+        self.dims, self.base = rope.dims, rope.base
+
+    def _table(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (self.base, self.dims)
+        cos, sin = self._tables.get(key, (np.empty((0, self.dims // 2), np.float32),) * 2)
+        if len(cos) < length:
+            size = 1 << max(6, (length - 1).bit_length())  # grow by powers of two: a few tables per run
+            inv = self.base ** (-np.arange(0, self.dims, 2, dtype=np.float64) / self.dims)
+            angles = np.arange(size, dtype=np.float64)[:, None] * inv[None, :]
+            cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+            self._tables[key] = (cos, sin)
+        return cos, sin
+
+    def __call__(self, x: mx.array) -> mx.array:
+        xs = host(x)
+        cos, sin = self._table(xs.shape[-2])
+        out = np.empty_like(xs)
+        native.rope(xs, cos, sin, out)
+        return to_mlx(out)

@@ -290,3 +290,31 @@ def test_arm64_attention_and_gelu(arm64_driver, tmp_path):
     g = gate.astype(np.float64)
     ref = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * up
     assert_gelu_close(np.fromfile(outp, np.float32), ref, up)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dim", [256, 768, 100])
+def test_rms_norm_matches_float64(isa, dim):
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((37, dim)) * rng.uniform(0.1, 1e3, (37, 1))).astype(np.float32)
+    scale = (1 + rng.standard_normal(dim) * 0.1).astype(np.float32)
+    out = np.empty_like(x)
+    native.rms_norm(x, scale, 1e-6, out)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6) * scale
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("D", [256, 36])
+def test_rope_rotates_halves(isa, D):
+    rng = np.random.default_rng(D)
+    x = rng.standard_normal((2, 3, 50, D)).astype(np.float32)
+    angles = np.arange(64)[:, None] * 10_000.0 ** (-np.arange(0, D, 2) / D)[None, :]
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    out = np.empty_like(x)
+    native.rope(x, cos, sin, out)
+    h, c, s = D // 2, cos[:50].astype(np.float64), sin[:50].astype(np.float64)
+    x1, x2 = x[..., :h].astype(np.float64), x[..., h:].astype(np.float64)
+    ref = np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)

@@ -114,9 +114,11 @@ struct isa {
     void (*gelu_mul)(const float *, const float *, float *, int64_t);
     void (*attend_block)(const float *, int64_t, const float *, const float *, int64_t, const uint8_t *, int64_t, int64_t,
                          int64_t, int64_t, float, int64_t, float *, int64_t, float *);
+    void (*rms_norm)(const float *, const float *, float *, int64_t, int64_t, float);
+    void (*rope)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t);
 };
 
-#define ISA_ENTRY(s) {#s, matmul_tile_##s, gelu_mul_##s, attend_block_##s}
+#define ISA_ENTRY(s) {#s, matmul_tile_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s}
 static const struct isa ISAS[] = {
 #if defined(__x86_64__)
     ISA_ENTRY(avx512),
@@ -445,4 +447,15 @@ int eg_attention(const float *q, const float *k, const float *v, const uint8_t *
     run(attention_task, j, B * Hq * j->q_blocks);
     free(j);
     return 0;
+}
+
+/* Gemma's RMSNorm over the last axis: out = x / sqrt(mean(x^2) + eps) * scale (scale = 1 + weight).
+ * Memory-bound and short: runs on the calling thread. */
+void eg_rms_norm(const float *x, const float *scale, float *out, int64_t rows, int64_t dim, float eps) {
+    isa_now()->rms_norm(x, scale, out, rows, dim, eps);
+}
+
+/* Rotary position embedding with rotated halves: x, out (rows, L, D); cos, sin (at least L, D / 2). */
+void eg_rope(const float *x, const float *cos_, const float *sin_, float *out, int64_t rows, int64_t L, int64_t D) {
+    isa_now()->rope(x, cos_, sin_, out, rows, L, D);
 }

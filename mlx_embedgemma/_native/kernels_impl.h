@@ -249,6 +249,47 @@ static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const 
     }
 }
 
+/* out = x * rsqrt(mean(x^2) + eps) * scale, row by row (scale is Gemma's 1 + weight). */
+static void FN(rms_norm)(const float *x, const float *scale, float *out, int64_t rows, int64_t dim, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * dim;
+        float *o = out + r * dim;
+        vf acc = (vf){0};
+        int64_t k = 0;
+        for (; k + VL <= dim; k += VL) {
+            const vf v = FN(load)(row + k);
+            acc += v * v;
+        }
+        float ss = FN(hsum)(acc);
+        for (; k < dim; k++) ss += row[k] * row[k];
+        const float inv = 1.f / sqrtf(ss / (float)dim + eps);
+        for (k = 0; k + VL <= dim; k += VL) FN(store)(o + k, FN(load)(row + k) * inv * FN(load)(scale + k));
+        for (; k < dim; k++) o[k] = row[k] * inv * scale[k];
+    }
+}
+
+/* Rotary embedding, halves rotated (MLX's traditional=False): x and out are (rows, L, D); cos and sin
+ * (L, D / 2) give each position's angles. */
+static void FN(rope)(const float *x, const float *cos_, const float *sin_, float *out, int64_t rows, int64_t L, int64_t D) {
+    const int64_t h = D / 2;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t p = 0; p < L; p++) {
+            const float *a = x + (r * L + p) * D, *c = cos_ + p * h, *s = sin_ + p * h;
+            float *o = out + (r * L + p) * D;
+            int64_t i = 0;
+            for (; i + VL <= h; i += VL) {
+                const vf x1 = FN(load)(a + i), x2 = FN(load)(a + h + i), cv = FN(load)(c + i), sv = FN(load)(s + i);
+                FN(store)(o + i, x1 * cv - x2 * sv);
+                FN(store)(o + h + i, x1 * sv + x2 * cv);
+            }
+            for (; i < h; i++) {
+                const float x1 = a[i], x2 = a[h + i];
+                o[i] = x1 * c[i] - x2 * s[i];
+                o[h + i] = x1 * s[i] + x2 * c[i];
+            }
+        }
+}
+
 #undef vf
 #undef vu
 #undef vi
