@@ -3,14 +3,23 @@ mlx_embedgemma (our import once changed how torch computes, and nothing of ours 
 peer). Run by path by the harness: `python peer_child.py SPEC`; prints one JSON record per line.
 """
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # measure.py, peers.py, memory.py, by plain name
 
-import measure  # noqa: E402
-import peers  # noqa: E402
+def load(name: str):
+    """A sibling file as a top-level module, by path: putting this folder on sys.path would let its files
+    shadow the peers' own imports (transformers imports a `kernels` package, say)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+memory, measure, peers = load("memory"), load("measure"), load("peers")
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])

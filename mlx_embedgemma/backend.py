@@ -234,6 +234,27 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
+# Passes longer than this stream the mapped weights: each layer's pages go right after its matmul, so the
+# peak holds one layer's weights beside the large activations. Shorter passes (queries) keep them mapped:
+# re-reading 57 MB of pages per pass cost a query about 20 ms of page faults, and their activations are
+# small, so the peak stays lower than a long pass's (records: memory-linux-x86_64-2core.jsonl).
+STREAM_ABOVE_TOKENS = 256
+
+
+def before_pass(plan: Plan, network: nn.Module, tokens: int) -> None:
+    """Set how the mapped weights are kept during a pass of ``tokens`` padded tokens (FORWARD_LOCK held)."""
+    if plan.weights != "mapped":
+        return
+    from .native_layers import NativeLinear
+
+    stream = tokens > STREAM_ABOVE_TOKENS
+    for _, module in network.named_modules():
+        if isinstance(module, NativeLinear):
+            if stream and not module.release_after_call:
+                module.release()  # pages a short pass left mapped
+            module.release_after_call = stream
+
+
 def after_pass(plan: Plan, network: nn.Module) -> None:
     """Keep memory flat across passes (call with FORWARD_LOCK held).
 

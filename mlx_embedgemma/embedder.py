@@ -214,6 +214,7 @@ class EmbeddingGemma:
             valid = np.arange(width)[None, :] < lengths[batch][:, None]
             with backend.FORWARD_LOCK:  # MLX's state is process-wide, whichever model runs
                 try:
+                    backend.before_pass(self.plan, self.network, tokens.size)
                     emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
                     out[batch] = np.array(emb.astype(mx.float32))
                 finally:

@@ -41,12 +41,24 @@ class _Weights:  # held outside MLX's parameter tree: the kernel reads these buf
     K: int
 
 
-class NativeLinear(nn.Module):
-    """``nn.Linear`` / ``nn.QuantizedLinear`` (affine, 4 or 8 bits) on the native matmul."""
+@dataclass
+class _File:  # outside MLX's parameter tree, as _Weights
+    map: SafetensorsMap | None
+    names: tuple[str, ...]
 
-    def __init__(self, w: _Weights):
+
+class NativeLinear(nn.Module):
+    """``nn.Linear`` / ``nn.QuantizedLinear`` (affine, 4 or 8 bits) on the native matmul.
+
+    A layer read from the memory map can let its pages go right after each call (``release_after_call``,
+    set by the backend plan per pass): then only one layer's weights are resident at a time.
+    """
+
+    def __init__(self, w: _Weights, file: SafetensorsMap | None = None, names: tuple[str, ...] = ()):
         super().__init__()
         self._w = w
+        self._file = _File(file, names)
+        self.release_after_call = False
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "NativeLinear":
@@ -66,19 +78,27 @@ class NativeLinear(nn.Module):
         """The layer's tensors read in place from the memory map (only the pages a call touches are read)."""
         view = file.view
         bias = file.tensor(f"{prefix}.bias") if "bias" in like else None
+        names = tuple(f"{prefix}.{k}" for k in ("weight", "scales", "biases") if k in like)
         if isinstance(like, nn.QuantizedLinear):
             N, packed = like.weight.shape
             return cls(_Weights(native.AFFINE, view(f"{prefix}.weight"), view(f"{prefix}.scales"), view(f"{prefix}.biases"),
-                                bias, like.group_size, like.bits, N, packed * 32 // like.bits))
+                                bias, like.group_size, like.bits, N, packed * 32 // like.bits), file, names)
         N, K = like.weight.shape
         kind = native.BFLOAT16 if file.is_bfloat16(f"{prefix}.weight") else native.FLOAT32
-        return cls(_Weights(kind, view(f"{prefix}.weight"), None, None, bias, 0, 0, N, K))
+        return cls(_Weights(kind, view(f"{prefix}.weight"), None, None, bias, 0, 0, N, K), file, names)
+
+    def release(self) -> None:
+        """Let this layer's mapped pages leave the resident set (no-op for resident weights)."""
+        if self._file.map is not None:
+            self._file.map.release(list(self._file.names))
 
     def __call__(self, x: mx.array) -> mx.array:
         w = self._w
         xs = host(x.astype(mx.float32))
         out = np.empty(x.shape[:-1] + (w.N,), np.float32)
         native.matmul(xs, w.weight, w.kind, w.N, w.K, out, w.scales, w.biases, w.group_size, w.bits)
+        if self.release_after_call:
+            self.release()
         y = to_mlx(out)
         return y + w.bias.astype(y.dtype) if w.bias is not None else y
 

@@ -1,6 +1,6 @@
 """The native CPU matmul alone: GFLOP/s per instruction set, width and token count, on one layer's matrices.
 
-    python benchmarks/kernels.py [--threads 1,2] [--bits 4,8] [--output FILE]
+    python benchmarks/kernel_speed.py [--threads 1,2] [--bits 4,8] [--output FILE]
 
 One layer of EmbeddingGemma (q, k, v, o, gate, up, down: 5.3 M weights, group 64), random weights, times
 taken as the best of several runs of all seven products. Used to choose the register blocking
