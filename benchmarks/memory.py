@@ -192,9 +192,15 @@ def main() -> None:
         record.update(
             model=str(args.model), recipe=config.get("recipe") or config.get("dtype"),
             machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores", python=platform.python_version(),
-            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=_commit(),
         )
         emit(record, args.output)
+
+
+def _commit() -> str:
+    from mlx_embedgemma.benchmarks.fingerprint import git_commit
+
+    return git_commit()
 
 
 if __name__ == "__main__":
