@@ -111,8 +111,11 @@ def no_proc(monkeypatch, tmp_path):
 
 def test_rss_without_proc_comes_from_ps(no_proc):
     assert no_proc.status_mb("VmRSS") is None
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    # The child says when it has started: sampled while the interpreter still starts, its RSS moves by 10%.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        assert child.stdout.readline().strip() == b"ready"
         from_ps = no_proc.rss_mb(child.pid)
         on_linux = int(next(line.split()[1] for line in open(f"/proc/{child.pid}/status") if line.startswith("VmRSS:"))) / 1024
     finally:
