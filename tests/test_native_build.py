@@ -23,9 +23,18 @@ def test_ci_install_built_the_kernels():
 def test_wheel_builds_without_a_compiler(tmp_path):
     if not (REPO / "setup.py").is_file():
         pytest.skip("needs the source tree")
+    # A clean copy of the sources: a `build/` folder left by an earlier install would hand setuptools a
+    # library compiled before, whatever CC says.
+    source = tmp_path / "source"
+    source.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.egg-info")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("mlx_embedgemma", "convert", "benchmarks"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
     env = dict(os.environ, CC=shutil.which("false") or "/bin/false")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                           str(REPO)], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+                           str(source)], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("mlx_embedgemma-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
