@@ -54,13 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     best_isa = native.isa()
-    runnable = []
-    for name in native.isas():
-        try:
-            native.select_isa(name)
-            runnable.append(name)
-        except ValueError:
-            pass
+    runnable = native.runnable_isas()
     for threads in map(int, args.threads.split(",")):
         native.set_threads(threads)
         machine = fingerprint(mx.Device(mx.cpu), threads)

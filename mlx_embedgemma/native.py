@@ -57,6 +57,7 @@ def _open() -> ctypes.CDLL | None:
     lib.eg_isa.restype = ctypes.c_char_p
     lib.eg_isas.restype = ctypes.c_char_p
     lib.eg_select_isa.argtypes, lib.eg_select_isa.restype = [ctypes.c_char_p], i32
+    lib.eg_isa_runs.argtypes, lib.eg_isa_runs.restype = [ctypes.c_char_p], i32
     lib.eg_threads.restype = i32
     lib.eg_set_threads.argtypes = [i32]
     lib.eg_matmul.argtypes = [p, i64, i64, i32, p, p, p, i64, i32, i32, p]
@@ -95,6 +96,12 @@ def isa() -> str:
 def isas() -> list[str]:
     """Kernels compiled into this build, best first (the CPU may not run all of them)."""
     return _require().eg_isas().decode().split(",")
+
+
+def runnable_isas() -> list[str]:
+    """Kernels of this build that this CPU runs, best first."""
+    lib = _require()
+    return [name for name in isas() if lib.eg_isa_runs(name.encode())]
 
 
 def select_isa(name: str) -> None:

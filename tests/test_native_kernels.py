@@ -29,22 +29,7 @@ SOURCE = Path(native.__file__).resolve().parent / "_native" / "kernels.c"
 DRIVER = Path(__file__).with_name("native_driver.c")
 
 
-def runnable_isas() -> list[str]:
-    if not native.available():
-        return []
-    best = native.isa()
-    found = []
-    for name in native.isas():
-        try:
-            native.select_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    native.select_isa(best)
-    return found
-
-
-ISAS = runnable_isas()
+ISAS = native.runnable_isas() if native.available() else []
 
 
 @pytest.fixture

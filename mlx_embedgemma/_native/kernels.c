@@ -311,6 +311,13 @@ const char *eg_isas(void) {
     return names;
 }
 
+/* 1 if this build has the named kernel and this CPU runs it. */
+int eg_isa_runs(const char *name) {
+    for (int i = 0; i < N_ISAS; i++)
+        if (!strcmp(ISAS[i].name, name)) return isa_supported(&ISAS[i]);
+    return 0;
+}
+
 /* Use the named kernel; 0 if this build lacks it or this CPU cannot run it. */
 int eg_select_isa(const char *name) {
     for (int i = 0; i < N_ISAS; i++)
