@@ -138,7 +138,7 @@ def write_model(
     """
     # The float32 network runs on this machine's fastest float plan (native kernels on a CPU), and gets its
     # own modules back before it is quantized.
-    float_plan = backend.choose(quantized=False, compute_dtype=mx.float32)
+    float_plan = backend.choose(quantized=False, compute_dtype=mx.float32, fuse_blocks=not (plan and plan.gptq))
     replaced = backend.apply(float_plan, network)
     float_model = EmbeddingGemma(network, tokenizer, config, out, mx.float32, float_plan)
     probes = [(name if name in float_model.prompts else None, text) for name, text in PROBES]

@@ -30,7 +30,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from . import native
-from .model import Attend, GeluGate, RMSNorm
+from .model import TransformerBlock
 
 ENV_THREADS = "MLX_EMBEDGEMMA_THREADS"
 KERNEL_CHOICES = ("auto", "native", "mlx")
@@ -69,8 +69,7 @@ class Plan:
     kernels: str  # "native" (compiled CPU kernels, see native.py) or "mlx"
     isa: str | None  # the native kernel's instruction set, e.g. "avx512"
     linear: str  # "native", "mlx" or "mlx-dequantized" (quantized layers made float at load)
-    attention: str  # "native" or "mlx"
-    activation: str  # "native" or "mlx": the gated GELU, RMSNorm and RoPE
+    blocks: str  # "native": each encoder block in one native call; "mlx": model.py's modules op by op
     weights: str  # "mapped" (read in place from model.safetensors) or "resident"
     threads: int  # native kernel threads (MLX's CPU ops are single-threaded)
     max_batch_tokens: int  # padded tokens per forward pass: bounds activation memory
@@ -78,9 +77,8 @@ class Plan:
 
     def describe(self) -> str:
         isa = f" ({self.isa})" if self.isa else ""
-        return (f"{self.backend}: {self.kernels} kernels{isa}, linear {self.linear}, attention {self.attention}, "
-                f"GELU/norms/RoPE {self.activation}, weights {self.weights}, {self.threads} threads, "
-                f"{self.max_batch_tokens} tokens per pass")
+        return (f"{self.backend}: {self.kernels} kernels{isa}, linear {self.linear}, blocks {self.blocks}, "
+                f"weights {self.weights}, {self.threads} threads, {self.max_batch_tokens} tokens per pass")
 
 
 def platform_name() -> str:
@@ -110,8 +108,12 @@ def thread_count(threads: int | None) -> int:
 
 
 def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", threads: int | None = None,
-           device: mx.Device | None = None) -> Plan:
-    """The plan for MLX's default device (or ``device``): see the module docstring for what it rests on."""
+           device: mx.Device | None = None, fuse_blocks: bool = True) -> Plan:
+    """The plan for MLX's default device (or ``device``): see the module docstring for what it rests on.
+
+    ``fuse_blocks=False`` keeps model.py's modules inside the encoder blocks (only their Linear layers run
+    natively), for callers that tap those layers (the converter's calibration).
+    """
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
     device = device or mx.default_device()
@@ -130,17 +132,22 @@ def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", thre
                            "are faster than its quantized ones for batches (H200 record)")
         elif quantized:
             reasons.append("Metal: MLX's quantized kernels (unverified here: no Mac has run this package)")
-        return Plan("gpu", backend, where, "mlx", None, linear, "mlx", "mlx", "resident", threads, 8192, tuple(reasons))
+        return Plan("gpu", backend, where, "mlx", None, linear, "mlx", "resident", threads, 8192, tuple(reasons))
 
     native_ok = native.available() and compute_dtype == mx.float32
     if kernels == "native" and not native_ok:
         why = native.unavailable_reason() if not native.available() else "they compute in float32 only"
         raise ValueError(f"kernels='native' is not possible here: {why}")
-    if kernels == "mlx" or not native_ok:
+    # MLX's CPU backend on macOS runs float matmuls and elementwise ops through Accelerate (AMX on Apple
+    # silicon), which a NEON loop is unlikely to beat; for float weights it keeps them.
+    mac_float = sys.platform == "darwin" and not quantized and kernels == "auto"
+    if kernels == "mlx" or not native_ok or mac_float:
         why = ("asked for (kernels='mlx')" if kernels == "mlx" else
                f"native kernels unavailable: {native.unavailable_reason()}" if not native.available() else
-               "bfloat16 compute: the native kernels are float32-only")
-        return Plan("cpu", "cpu", where, "mlx", None, "mlx", "mlx", "mlx", "resident", threads, 1024,
+               "bfloat16 compute: the native kernels are float32-only" if compute_dtype != mx.float32 else
+               "macOS, float weights: Accelerate. Unverified: no Mac has run this package; "
+               "`bench --kernels native,mlx` settles it")
+        return Plan("cpu", "cpu", where, "mlx", None, "mlx", "mlx", "resident", threads, 1024,
                     (f"MLX's CPU operations: {why}",))
 
     reasons = [
@@ -150,18 +157,17 @@ def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", thre
         "1,024 tokens per pass: throughput is flat above it on the CPU while activation memory grows (measured on "
         "Linux x86-64)",
     ]
-    if sys.platform == "darwin":
-        # MLX's CPU backend on macOS runs elementwise ops and float matmuls through Accelerate (vectorized,
-        # AMX on Apple silicon), unlike the scalar loops measured on Linux x86-64.
-        attention = activation = "mlx"
-        reasons.append("macOS: attention, GELU, norms and RoPE by MLX (Accelerate); quantized matmul native "
-                       "(NEON). Unverified: no Mac has run this package; `bench --kernels native,mlx` settles it")
+    if fuse_blocks:
+        blocks = "native"
+        reasons.append("encoder blocks: one native call each (projections, norms, RoPE, attention, GELU on the real "
+                       "tokens only) instead of ~20 MLX operations and host round trips per block (measured on Linux "
+                       "x86-64" + ("; unverified on macOS: `bench --kernels native,mlx` settles it)"
+                                   if sys.platform == "darwin" else ")"))
     else:
-        attention = activation = "native"
-        reasons.append("attention, gated GELU, RMSNorm and RoPE: native kernels (MLX's CPU loops for them are scalar "
-                       "on x86-64; measured)")
-    return Plan("cpu", "cpu", where, "native", native.isa(), "native", attention, activation, "mapped", threads, 1024,
-                tuple(reasons))
+        blocks = "mlx"
+        reasons.append("encoder blocks: model.py's modules with native Linear layers (fuse_blocks=False: the caller "
+                       "taps those layers)")
+    return Plan("cpu", "cpu", where, "native", native.isa(), "native", blocks, "mapped", threads, 1024, tuple(reasons))
 
 
 def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> list[tuple[str, nn.Module]]:
@@ -175,20 +181,21 @@ def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> 
         from . import native_layers as nl
 
         native.set_threads(plan.threads)
+
+        def linear(name: str, module: nn.Module) -> nl.NativeLinear:
+            file = file_of(name, module)
+            return nl.NativeLinear.from_file(file, name, module) if file else nl.NativeLinear.from_module(module)
+
+        fused: list[str] = []
         for name, module in network.named_modules():
-            if isinstance(module, (nn.Linear, nn.QuantizedLinear)) and plan.linear == "native":
-                if sys.platform == "darwin" and not isinstance(module, nn.QuantizedLinear):
-                    continue  # float matmuls stay on Accelerate
-                file = file_of(name, module)
-                swaps.append((name, nl.NativeLinear.from_file(file, name, module) if file else nl.NativeLinear.from_module(module)))
-            elif isinstance(module, Attend) and plan.attention == "native":
-                swaps.append((name, nl.NativeAttend(module.scale, module.radius)))
-            elif isinstance(module, GeluGate) and plan.activation == "native":
-                swaps.append((name, nl.NativeGeluGate()))
-            elif isinstance(module, RMSNorm) and plan.activation == "native":
-                swaps.append((name, nl.NativeRMSNorm(module)))
-            elif isinstance(module, nn.RoPE) and plan.activation == "native":
-                swaps.append((name, nl.NativeRoPE(module)))
+            if any(name.startswith(prefix) for prefix in fused):
+                continue  # inside a block already swapped
+            if isinstance(module, TransformerBlock) and plan.blocks == "native":
+                inner = {n: linear(f"{name}.{n}", m) for n, m in module.named_modules() if n in nl.BLOCK_LINEARS}
+                swaps.append((name, nl.NativeBlock(module, inner, network.args.rms_norm_eps)))
+                fused.append(name + ".")
+            elif isinstance(module, (nn.Linear, nn.QuantizedLinear)) and plan.linear == "native":
+                swaps.append((name, linear(name, module)))
     elif plan.linear == "mlx-dequantized":
         swaps = [(name, _dequantized(m)) for name, m in network.named_modules() if isinstance(m, nn.QuantizedLinear)]
     modules = dict(network.named_modules())
@@ -245,11 +252,11 @@ def before_pass(plan: Plan, network: nn.Module, tokens: int) -> None:
     """Set how the mapped weights are kept during a pass of ``tokens`` padded tokens (FORWARD_LOCK held)."""
     if plan.weights != "mapped":
         return
-    from .native_layers import NativeLinear
+    from .native_layers import NativeBlock, NativeLinear
 
     stream = tokens > STREAM_ABOVE_TOKENS
     for _, module in network.named_modules():
-        if isinstance(module, NativeLinear):
+        if isinstance(module, (NativeBlock, NativeLinear)):
             if stream and not module.release_after_call:
                 module.release()  # pages a short pass left mapped
             module.release_after_call = stream

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 # Weight storage kinds, as kernels.c numbers them.
 AFFINE, FLOAT32, BFLOAT16 = 0, 1, 2
 ENV_DISABLE = "MLX_EMBEDGEMMA_NATIVE"  # "0" turns the kernels off (the plan then uses MLX's ops)
@@ -63,10 +63,13 @@ def _open() -> ctypes.CDLL | None:
     lib.eg_matmul.argtypes = [p, i64, i64, i32, p, p, p, i64, i32, i32, p]
     lib.eg_matmul.restype = i32
     lib.eg_gelu_mul.argtypes = [p, p, p, i64]
-    lib.eg_attention.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_float, i64, p]
+    lib.eg_attention.argtypes = [p, p, p, p, i64, i64, i64, i64, ctypes.c_float, i64, p]
     lib.eg_attention.restype = i32
     lib.eg_rms_norm.argtypes = [p, p, p, i64, i64, ctypes.c_float]
-    lib.eg_rope.argtypes = [p, p, p, p, i64, i64, i64]
+    lib.eg_rope.argtypes = [p, p, i64, i64, i64, p, p]
+    lib.eg_rope.restype = i32
+    lib.eg_block.argtypes = [ctypes.POINTER(Block), p, p, i64, i64, p]
+    lib.eg_block.restype = i32
     _lib = lib
     _why_not = ""
     return lib
@@ -146,19 +149,21 @@ def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> None:
     _require().eg_gelu_mul(_ptr(gate), _ptr(up), _ptr(out), gate.size)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, valid: np.ndarray, scale: float, radius: int | None,
+def _lengths(lengths) -> np.ndarray:
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths, scale: float, radius: int | None,
               out: np.ndarray) -> None:
-    """Masked bidirectional attention. q (B, Hq, L, D), k/v (B, Hkv, L, D), valid (B, L) bool with real tokens first;
-    out (B, L, Hq, D), zero on padding rows. ``radius`` None: full attention."""
-    B, Hq, L, D = q.shape
+    """Bidirectional attention over packed sequences (no padding): q, out (T, Hq, D); k, v (T, Hkv, D); sequence b
+    is the next ``lengths[b]`` tokens. A query sees its own sequence's keys within ``radius`` positions (None: all)."""
+    T, Hq, D = q.shape
     Hkv = k.shape[1]
-    if valid.dtype != np.bool_ or valid.shape != (B, L) or k.shape != v.shape or k.shape != (B, Hkv, L, D):
-        raise ValueError(f"attention shapes: q {q.shape}, k {k.shape}, v {v.shape}, valid {valid.shape} {valid.dtype}")
-    rc = _require().eg_attention(_ptr(q), _ptr(k), _ptr(v), _ptr(valid), B, Hq, Hkv, L, D, scale,
-                                 -1 if radius is None else radius, _ptr(out))
-    if rc == -2:
-        raise ValueError("attention needs right-padded rows (real tokens first)")
-    if rc:
+    n = _lengths(lengths)
+    if k.shape != v.shape or k.shape != (T, Hkv, D) or out.shape != q.shape or int(n.sum()) != T or (n < 0).any():
+        raise ValueError(f"attention shapes: q {q.shape}, k {k.shape}, v {v.shape}, lengths sum {int(n.sum())}")
+    if _require().eg_attention(_ptr(q), _ptr(k), _ptr(v), _ptr(n), len(n), Hq, Hkv, D, scale,
+                               -1 if radius is None else radius, _ptr(out)):
         raise ValueError(f"attention cannot serve q {q.shape}, k {k.shape}")
 
 
@@ -170,9 +175,49 @@ def rms_norm(x: np.ndarray, scale: np.ndarray, eps: float, out: np.ndarray) -> N
     _require().eg_rms_norm(_ptr(x), _ptr(scale), _ptr(out), x.size // dim, dim, eps)
 
 
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
-    """Rotary embedding, halves rotated: x, out (..., L, D) float32; cos, sin (>= L, D / 2) per position."""
-    L, D = x.shape[-2:]
-    if x.dtype != np.float32 or out.shape != x.shape or cos.shape[0] < L or cos.shape[1] * 2 != D or cos.shape != sin.shape:
+def rope(x: np.ndarray, lengths, cos: np.ndarray, sin: np.ndarray) -> None:
+    """Rotary embedding with rotated halves, in place: x (T, heads, D) float32 of packed sequences, positions
+    restarting at 0 with each; cos, sin (>= longest length, D / 2) per position."""
+    T, heads, D = x.shape
+    n = _lengths(lengths)
+    if x.dtype != np.float32 or int(n.sum()) != T or cos.shape[0] < n.max(initial=0) or cos.shape[1] * 2 != D or cos.shape != sin.shape:
         raise ValueError(f"rope shapes: x {x.shape}, cos {cos.shape}, sin {sin.shape}")
-    _require().eg_rope(_ptr(x), _ptr(cos), _ptr(sin), _ptr(out), x.size // (L * D), L, D)
+    if _require().eg_rope(_ptr(x), _ptr(n), len(n), heads, D, _ptr(cos), _ptr(sin)):
+        raise ValueError(f"rope cannot serve x {x.shape}")
+
+
+class Weights(ctypes.Structure):
+    """kernels.c's struct weights: one Linear layer's storage."""
+
+    _fields_ = [("kind", ctypes.c_int), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("biases", ctypes.c_void_p), ("K", ctypes.c_int64), ("group", ctypes.c_int), ("bits", ctypes.c_int)]
+
+
+class Block(ctypes.Structure):
+    """kernels.c's struct block: everything one encoder block reads. Its pointers borrow the arrays that the
+    caller keeps alive (native_layers.NativeBlock)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "radius", "positions")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("norm", ctypes.c_void_p * 6),
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("proj", Weights * 7)]
+
+
+def weights(kind: int, data: np.ndarray, K: int, scales: np.ndarray | None = None, biases: np.ndarray | None = None,
+            group_size: int = 0, bits: int = 0) -> Weights:
+    return Weights(kind, _ptr(data), _ptr(scales), _ptr(biases), K, group_size, bits)
+
+
+def block(args: Block, x: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
+    """One encoder block (kernels.c: eg_block) on a right-padded batch: x, out (B, L, hidden) float32 (``out``
+    may be ``x``), sequence b real for its first ``lengths[b]`` tokens; out is zero on padding rows."""
+    B, L, H = x.shape
+    n = _lengths(lengths)
+    if x.dtype != np.float32 or out.shape != x.shape or out.dtype != np.float32 or H != args.hidden or n.shape != (B,):
+        raise ValueError(f"block shapes: x {x.shape} {x.dtype}, out {out.shape}, lengths {n.shape}")
+    rc = _require().eg_block(ctypes.byref(args), _ptr(x), _ptr(out), B, L, _ptr(n))
+    if rc == -3:
+        raise MemoryError(f"the native encoder block could not allocate its work area for {int(n.sum())} tokens")
+    if rc:
+        raise ValueError(f"the native encoder block cannot serve x {x.shape} (lengths {n.tolist()}, "
+                         f"{args.positions} positions)")

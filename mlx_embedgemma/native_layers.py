@@ -1,4 +1,4 @@
-"""Drop-in modules that run model.py's Linear, attention and activation through the native CPU kernels.
+"""Drop-in modules that run model.py's Linear layers and whole encoder blocks on the native CPU kernels.
 
 The backend plan (backend.py) swaps them in on the CPU when the kernels are available. Each computes
 what the module it replaces computes, in float32, eagerly: it evaluates its inputs, calls the kernel on
@@ -131,81 +131,90 @@ def _half(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16)
 
 
-class NativeAttend(nn.Module):
-    """model.Attend on the native attention kernel (right-padded rows, as encode builds them)."""
-
-    def __init__(self, scale: float, radius: int | None):
-        super().__init__()
-        self.scale, self.radius = scale, radius
-
-    def __call__(self, q: mx.array, k: mx.array, v: mx.array, valid: mx.array) -> mx.array:
-        B, H, L, D = q.shape
-        y, out = output((B, L, H, D))
-        native.attention(host(q), host(k), host(v), host(valid), self.scale, self.radius, out)
-        return result(y, out)
-
-
-class NativeGeluGate(nn.Module):
-    """model.GeluGate on the native kernel, written over ``up``'s buffer when it is an evaluated, contiguous
-    float32 array: the fresh output of the up projection, which nothing else reads. That saves a tokens x
-    1,152 buffer and its copy (18 MB per 2,048 tokens) at the peak of a long pass."""
-
-    def __call__(self, gate: mx.array, up: mx.array) -> mx.array:
-        g = host(gate)
-        mx.eval(up)
-        u = np.asarray(up)
-        if u.dtype == np.float32 and u.flags.c_contiguous and u.flags.writeable:
-            native.gelu_mul(g, u, u)
-            return up
-        out = np.empty_like(u)
-        native.gelu_mul(g, np.ascontiguousarray(u), out)
-        return to_mlx(out)
-
-
-class NativeRMSNorm(nn.Module):
-    """model.RMSNorm on the native kernel; its scale (1 + weight) made float32 once."""
-
-    def __init__(self, norm: nn.Module):
-        super().__init__()
-        self._scale = host((1.0 + norm.weight).astype(mx.float32))
-        self.eps = norm.eps
-
-    def __call__(self, x: mx.array) -> mx.array:
-        xs = host(x)
-        y, out = output(xs.shape)
-        native.rms_norm(xs, self._scale, self.eps, out)
-        return result(y, out)
-
-
-class NativeRoPE(nn.Module):
-    """nn.RoPE (traditional=False, scale 1, offset 0) on the native kernel, angles from a table per base.
-
-    Angles are position * base ** (-2i / D) in float64, rounded once to float32 cos and sin: as exact as
-    the reference's float32 angles or more (at position 2,047 a float32 angle is off by up to 1e-4).
-    """
+class NativeBlock(nn.Module):
+    """model.TransformerBlock in one call of the native kernel (kernels.c: eg_block): projections, norms, RoPE,
+    windowed attention and the gated GELU run on the real tokens of the batch, with no MLX operation or Python
+    round trip in between. Its Linear layers are NativeLinear objects (weights resident or read in place)."""
 
     _tables: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def __init__(self, rope: nn.RoPE):
+    def __init__(self, block: nn.Module, linears: dict[str, NativeLinear], eps: float):
         super().__init__()
+        attn, rope = block.self_attn, block.self_attn.rope
         if rope.traditional or rope.scale != 1.0:
-            raise ValueError("NativeRoPE serves Gemma's RoPE only (rotated halves, scale 1)")
-        self.dims, self.base = rope.dims, rope.base
+            raise ValueError("the native block serves Gemma's RoPE only (rotated halves, scale 1)")
+        self._linears = _Linears(linears)
+        self.release_after_call = False
+        self._base, self._dims = float(rope.base), int(rope.dims)  # plain numbers: not MLX parameters
+        norms = [block.input_layernorm, block.post_attention_layernorm, block.pre_feedforward_layernorm,
+                 block.post_feedforward_layernorm, attn.q_norm, attn.k_norm]
+        self._norms = _Arrays([host((1.0 + n.weight).astype(mx.float32)) for n in norms])
+        order = [linears[n] for n in BLOCK_LINEARS]
+        if any(lin._w.bias is not None for lin in order):
+            raise ValueError("the native block serves Gemma's bias-free projections only")
+        q, k, gate = linears["self_attn.q_proj"]._w, linears["self_attn.k_proj"]._w, linears["mlp.gate_proj"]._w
+        head_dim = rope.dims
+        args = native.Block()
+        args.hidden, args.heads, args.kv_heads, args.head_dim = q.K, q.N // head_dim, k.N // head_dim, head_dim
+        args.intermediate = gate.N
+        args.radius = -1 if attn.attend.radius is None else attn.attend.radius
+        args.eps, args.scale = eps, attn.attend.scale
+        for i, n in enumerate(self._norms.arrays):
+            args.norm[i] = native._ptr(n)
+        for i, lin in enumerate(order):
+            w = lin._w
+            args.proj[i] = native.weights(w.kind, w.weight, w.K, w.scales, w.biases, w.group_size, w.bits)
+        self._args = _Struct(args)
 
     def _table(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (self.base, self.dims)
-        cos, sin = self._tables.get(key, (np.empty((0, self.dims // 2), np.float32),) * 2)
+        """cos and sin of position * base ** (-2i / D), computed in float64 and rounded once to float32 (at
+        position 2,047 a float32 angle is off by up to 1e-4); grown by powers of two, shared by the layers."""
+        base, dims = self._base, self._dims
+        cos, sin = self._tables.get((base, dims), (np.empty((0, dims // 2), np.float32),) * 2)
         if len(cos) < length:
-            size = 1 << max(6, (length - 1).bit_length())  # grow by powers of two: a few tables per run
-            inv = self.base ** (-np.arange(0, self.dims, 2, dtype=np.float64) / self.dims)
+            size = 1 << max(6, (length - 1).bit_length())
+            inv = base ** (-np.arange(0, dims, 2, dtype=np.float64) / dims)
             angles = np.arange(size, dtype=np.float64)[:, None] * inv[None, :]
             cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-            self._tables[key] = (cos, sin)
+            self._tables[(base, dims)] = (cos, sin)
         return cos, sin
 
-    def __call__(self, x: mx.array) -> mx.array:
-        xs = host(x)
-        cos, sin = self._table(xs.shape[-2])
+    def release(self) -> None:
+        for lin in self._linears.layers.values():
+            lin.release()
+
+    def __call__(self, x: mx.array, valid: mx.array) -> mx.array:
+        xs = host(x.astype(mx.float32))
+        mask = host(valid)
+        lengths = mask.sum(axis=1, dtype=np.int64)
+        if not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
+            raise ValueError("the native encoder block needs right-padded rows (real tokens first)")
+        cos, sin = self._table(xs.shape[1])
+        args = self._args.value
+        args.cos, args.sin, args.positions = native._ptr(cos), native._ptr(sin), len(cos)
         y, out = output(xs.shape)
-        native.rope(xs, cos, sin, out)
+        native.block(args, xs, lengths, out)
+        if self.release_after_call:
+            self.release()
+            mx.clear_cache()  # a long pass: MLX's cached buffers would add to its peak
         return result(y, out)
+
+
+# The projections of one encoder block, in the order kernels.c's struct block lists them.
+BLOCK_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass
+class _Linears:  # outside MLX's parameter tree: MLX never sees these layers' buffers
+    layers: dict[str, NativeLinear]
+
+
+@dataclass
+class _Arrays:
+    arrays: list[np.ndarray]
+
+
+@dataclass
+class _Struct:
+    value: native.Block

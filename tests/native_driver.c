@@ -3,7 +3,7 @@
  * references computed on the host.
  *
  *   driver ISA THREADS matmul M K N KIND GROUP BITS X W SCALES BIASES OUT
- *   driver ISA THREADS attention B HQ HKV L D SCALE RADIUS Q K V VALID OUT
+ *   driver ISA THREADS attention B HQ HKV D SCALE RADIUS Q K V LENGTHS OUT   (T = sum of the int64 LENGTHS)
  *   driver ISA THREADS gelu N GATE UP OUT
  */
 #include <stdint.h>
@@ -16,8 +16,8 @@ int eg_select_isa(const char *name);
 void eg_set_threads(int n);
 int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
               int64_t N, int group, int bits, float *y);
-int eg_attention(const float *q, const float *k, const float *v, const uint8_t *valid, int64_t B, int64_t Hq,
-                 int64_t Hkv, int64_t L, int64_t D, float scale, int64_t radius, float *out);
+int eg_attention(const float *q, const float *k, const float *v, const int64_t *len, int64_t B, int64_t Hq, int64_t Hkv,
+                 int64_t D, float scale, int64_t radius, float *out);
 void eg_gelu_mul(const float *gate, const float *up, float *out, int64_t n);
 
 static void *slurp(const char *path) {
@@ -56,12 +56,15 @@ int main(int argc, char **argv) {
         spill(argv[14], y, (size_t)(M * N) * sizeof(float));
         return rc ? 1 : 0;
     }
-    if (!strcmp(op, "attention") && argc == 16) {
-        const int64_t B = atoll(argv[4]), Hq = atoll(argv[5]), Hkv = atoll(argv[6]), L = atoll(argv[7]), D = atoll(argv[8]);
-        float *out = malloc((size_t)(B * L * Hq * D) * sizeof(float));
-        int rc = eg_attention(slurp(argv[11]), slurp(argv[12]), slurp(argv[13]), slurp(argv[14]), B, Hq, Hkv, L, D,
-                              (float)atof(argv[9]), atoll(argv[10]), out);
-        spill(argv[15], out, (size_t)(B * L * Hq * D) * sizeof(float));
+    if (!strcmp(op, "attention") && argc == 15) {
+        const int64_t B = atoll(argv[4]), Hq = atoll(argv[5]), Hkv = atoll(argv[6]), D = atoll(argv[7]);
+        const int64_t *len = slurp(argv[13]);
+        int64_t T = 0;
+        for (int64_t b = 0; b < B; b++) T += len[b];
+        float *out = malloc((size_t)(T * Hq * D) * sizeof(float));
+        int rc = eg_attention(slurp(argv[10]), slurp(argv[11]), slurp(argv[12]), len, B, Hq, Hkv, D, (float)atof(argv[8]),
+                              atoll(argv[9]), out);
+        spill(argv[14], out, (size_t)(T * Hq * D) * sizeof(float));
         return rc ? 1 : 0;
     }
     if (!strcmp(op, "gelu") && argc == 8) {

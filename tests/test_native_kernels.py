@@ -130,44 +130,46 @@ def test_bad_layouts_are_refused():
         native.matmul(x, w, native.AFFINE, 4, 96, y, s, s, 64, 4)  # 96 is not a multiple of 64
 
 
-def reference_attention(q, k, v, valid, scale, radius):
-    B, H, L, D = q.shape
-    rep = H // k.shape[1]
-    out = np.zeros((B, L, H, D))
-    pos = np.arange(L)
-    for b in range(B):
-        n = int(valid[b].sum())
-        for h in range(H):
-            s = q[b, h].astype(np.float64) @ k[b, h // rep].astype(np.float64).T * scale
-            seen = valid[b][None, :] & ((np.abs(pos[:, None] - pos[None, :]) <= radius) if radius is not None else True)
-            s = np.where(seen | np.eye(L, dtype=bool), s, -np.inf)
+def reference_attention(q, k, v, lengths, scale, radius):
+    """Packed sequences (T, H, D): each query against its own sequence's keys within radius, in float64."""
+    out = np.zeros(q.shape)
+    rep = q.shape[1] // k.shape[1]
+    start = 0
+    for n in lengths:
+        pos = np.arange(n)
+        seen = (np.abs(pos[:, None] - pos[None, :]) <= radius) if radius is not None else np.ones((n, n), bool)
+        for h in range(q.shape[1]):
+            s = q[start:start + n, h].astype(np.float64) @ k[start:start + n, h // rep].astype(np.float64).T * scale
+            s = np.where(seen, s, -np.inf)
             p = np.exp(s - s.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            out[b, :n, h] = (p @ v[b, h // rep].astype(np.float64))[:n]
+            out[start:start + n, h] = (p / p.sum(axis=1, keepdims=True)) @ v[start:start + n, h // rep].astype(np.float64)
+        start += n
     return out
+
+
+def packed_qkv(rng, lengths, H, Hkv, D):
+    T = sum(lengths)
+    return (rng.standard_normal((T, H, D)).astype(np.float32), rng.standard_normal((T, Hkv, D)).astype(np.float32),
+            rng.standard_normal((T, Hkv, D)).astype(np.float32))
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("radius", [None, 4, 40])
 @pytest.mark.parametrize("D", [40, 256])
 def test_attention_matches_masked_softmax(isa, radius, D):
+    # sequences longer than a query block (32), shorter, and of one token
     rng = np.random.default_rng(D + (radius or 0))
-    B, H, Hkv, L = 3, 3, 1, 75
-    q = rng.standard_normal((B, H, L, D)).astype(np.float32)
-    k = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
-    v = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
-    valid = np.zeros((B, L), bool)
-    for b, n in enumerate((75, 33, 1)):
-        valid[b, :n] = True
-    out = np.empty((B, L, H, D), np.float32)
-    native.attention(q, k, v, valid, 0.0625, radius, out)
-    np.testing.assert_allclose(out, reference_attention(q, k, v, valid, 0.0625, radius), rtol=0, atol=2e-6)
+    lengths = [75, 33, 1]
+    q, k, v = packed_qkv(rng, lengths, 3, 1, D)
+    out = np.empty_like(q)
+    native.attention(q, k, v, lengths, 0.0625, radius, out)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, lengths, 0.0625, radius), rtol=0, atol=2e-6)
 
 
-def test_attention_refuses_left_padding():
-    q = np.zeros((1, 1, 4, 8), np.float32)
-    with pytest.raises(ValueError, match="right-padded"):
-        native.attention(q, q, q, np.array([[False, True, True, True]]), 1.0, None, np.empty((1, 4, 1, 8), np.float32))
+def test_attention_refuses_lengths_that_do_not_add_up():
+    q = np.zeros((4, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="lengths"):
+        native.attention(q, q, q, [2, 3], 1.0, None, np.empty_like(q))
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
@@ -254,18 +256,14 @@ def test_arm64_matmul(arm64_driver, tmp_path, arm_isa, bits, group):
 
 def test_arm64_attention_and_gelu(arm64_driver, tmp_path):
     rng = np.random.default_rng(5)
-    B, H, Hkv, L, D, radius = 2, 3, 1, 41, 256, 6
-    q = rng.standard_normal((B, H, L, D)).astype(np.float32)
-    k = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
-    v = rng.standard_normal((B, Hkv, L, D)).astype(np.float32)
-    valid = np.zeros((B, L), bool)
-    valid[0], valid[1, :20] = True, True
-    paths = [tmp_path / n for n in ("q", "k", "v", "valid", "out")]
-    for p, a in zip(paths, (q, k, v, valid.astype(np.uint8))):
+    lengths, H, Hkv, D, radius = np.array([41, 20], np.int64), 3, 1, 256, 6
+    q, k, v = packed_qkv(rng, lengths, H, Hkv, D)
+    paths = [tmp_path / n for n in ("q", "k", "v", "lengths", "out")]
+    for p, a in zip(paths, (q, k, v, lengths)):
         a.tofile(p)
-    run_arm64(arm64_driver, tmp_path, "neon", "attention", B, H, Hkv, L, D, 0.0625, radius, *paths)
-    out = np.fromfile(paths[-1], np.float32).reshape(B, L, H, D)
-    np.testing.assert_allclose(out, reference_attention(q, k, v, valid, 0.0625, radius), rtol=0, atol=2e-6)
+    run_arm64(arm64_driver, tmp_path, "neon", "attention", len(lengths), H, Hkv, D, 0.0625, radius, *paths)
+    out = np.fromfile(paths[-1], np.float32).reshape(q.shape)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, lengths, 0.0625, radius), rtol=0, atol=2e-6)
 
     gate = (rng.standard_normal(999) * 4).astype(np.float32)
     up = rng.standard_normal(999).astype(np.float32)
@@ -293,13 +291,54 @@ def test_rms_norm_matches_float64(isa, dim):
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("D", [256, 36])
 def test_rope_rotates_halves(isa, D):
+    # positions restart with each packed sequence
     rng = np.random.default_rng(D)
-    x = rng.standard_normal((2, 3, 50, D)).astype(np.float32)
+    lengths = [50, 7]
+    x = rng.standard_normal((57, 3, D)).astype(np.float32)
     angles = np.arange(64)[:, None] * 10_000.0 ** (-np.arange(0, D, 2) / D)[None, :]
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-    out = np.empty_like(x)
-    native.rope(x, cos, sin, out)
-    h, c, s = D // 2, cos[:50].astype(np.float64), sin[:50].astype(np.float64)
+    out = x.copy()
+    native.rope(out, lengths, cos, sin)
+    pos = np.concatenate([np.arange(n) for n in lengths])
+    h, c, s = D // 2, cos[pos][:, None].astype(np.float64), sin[pos][:, None].astype(np.float64)
     x1, x2 = x[..., :h].astype(np.float64), x[..., h:].astype(np.float64)
     ref = np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "full_attention"])
+@pytest.mark.parametrize("bits", [None, 4, 8])
+def test_native_block_equals_model_block(isa, layer_type, bits):
+    # One whole encoder block in one kernel call against model.py's TransformerBlock on MLX's own ops, on a
+    # right-padded batch whose rows are longer than a query block (32) and the window (radius 20), shorter,
+    # and one token long. Both compute in float32 and differ in summation order only: 1e-5 of the output's
+    # scale, while a wrong norm, rotation, mask or projection moves it by 1e-2 or more.
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from mlx_embedgemma.model import DenseArgs, ModelArgs, TransformerBlock
+    from mlx_embedgemma.native_layers import BLOCK_LINEARS, NativeBlock, NativeLinear
+
+    args = ModelArgs(hidden_size=96, num_hidden_layers=1, intermediate_size=160, num_attention_heads=3,
+                     num_key_value_heads=1, head_dim=32, vocab_size=10, layer_types=(layer_type,), sliding_window=40,
+                     max_position_embeddings=128, query_pre_attn_scalar=32, dense=(DenseArgs(96, 96),))
+    rng = np.random.default_rng(11)
+    block = TransformerBlock(args, layer_type)
+    block.update(tree_unflatten([(n, mx.array(rng.standard_normal(p.shape).astype(np.float32) * 0.2))
+                                 for n, p in tree_flatten(block.parameters())]))
+    if bits:  # as a converted folder stores them: float16 scales and biases
+        nn.quantize(block, group_size=32, bits=bits)
+        for _, m in block.named_modules():
+            if isinstance(m, nn.QuantizedLinear):
+                m.scales, m.biases = m.scales.astype(mx.float16), m.biases.astype(mx.float16)
+    modules = dict(block.named_modules())
+    fused = NativeBlock(block, {n: NativeLinear.from_module(modules[n]) for n in BLOCK_LINEARS}, args.rms_norm_eps)
+    lengths = np.array([70, 33, 1])
+    valid = mx.array(np.arange(70)[None, :] < lengths[:, None])
+    x = mx.array(rng.standard_normal((3, 70, 96)).astype(np.float32) * 3)
+    expected, got = np.array(block(x, valid)), np.array(fused(x, valid))
+    real = np.array(valid)
+    scale = np.abs(expected[real]).max()
+    assert np.abs(got[real] - expected[real]).max() <= 1e-5 * scale
+    assert not got[~real].any(), "padding rows come back zero"

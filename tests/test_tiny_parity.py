@@ -84,12 +84,16 @@ def test_native_plan_equals_mlx_own_operations(folder, request):
 
 
 def test_linear_layers_are_read_in_place_on_the_native_plan(tiny_q4):
-    from mlx_embedgemma.native_layers import NativeLinear
+    from mlx_embedgemma.native_layers import NativeBlock, NativeLinear
 
     model = load(tiny_q4)
     if model.plan.kernels != "native":
         pytest.skip(f"this machine's plan is {model.plan.describe()}")
-    assert isinstance(model.network.model.layers[0].mlp.up_proj, NativeLinear)
+    block = model.network.model.layers[0]
+    assert isinstance(block, NativeBlock) and model.plan.blocks == "native"
+    up = block._linears.layers["mlp.up_proj"]
+    assert isinstance(up, NativeLinear) and up._file.map is not None
+    assert isinstance(model.network.dense[0], NativeLinear)
     stored = [n for n, _ in tree_flatten(model.network.parameters()) if n.startswith("model.layers.") and "proj" in n]
     assert stored == [], "the plan reads the Linear weights from the file; none should be resident"
 

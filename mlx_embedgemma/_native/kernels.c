@@ -28,7 +28,7 @@
 #define SPIN_PAUSE() ((void)0)
 #endif
 
-#define EG_ABI_VERSION 1
+#define EG_ABI_VERSION 2
 
 enum { W_AFFINE = 0, W_F32 = 1, W_BF16 = 2 };
 
@@ -112,10 +112,10 @@ struct isa {
     const char *name;
     void (*matmul_tile)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
     void (*gelu_mul)(const float *, const float *, float *, int64_t);
-    void (*attend_block)(const float *, int64_t, const float *, const float *, int64_t, const uint8_t *, int64_t, int64_t,
-                         int64_t, int64_t, float, int64_t, float *, int64_t, float *);
+    void (*attend_block)(const float *, int64_t, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         float, int64_t, float *, int64_t, float *);
     void (*rms_norm)(const float *, const float *, float *, int64_t, int64_t, float);
-    void (*rope)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t);
+    void (*rope)(float *, const float *, const float *, int64_t, int64_t);
 };
 
 #define ISA_ENTRY(s) {#s, matmul_tile_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s}
@@ -342,6 +342,7 @@ void eg_set_threads(int n) {
     pthread_mutex_unlock(&pool.run);
 }
 
+
 struct matmul_job {
     struct weights w;
     const float *x;
@@ -362,15 +363,17 @@ static void matmul_task(void *p, int64_t t, float **scratch, size_t *capacity) {
  * 64 x 3072 floats) stay in L2 across the tile's rows. */
 #define M_BLOCK 64
 
-/* y (M x N) = x (M x K) @ W.T for W of `kind`: affine codes with float16 scales and biases (bits 4 or 8,
- * group 32/64/128), float32, or bfloat16. Returns 0, or -1 for arguments it cannot serve. */
-int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
-              int64_t N, int group, int bits, float *y) {
-    if (M < 0 || K <= 0 || N <= 0 || (kind != W_AFFINE && kind != W_F32 && kind != W_BF16)) return -1;
-    if (kind == W_AFFINE && ((bits != 4 && bits != 8) || group < 8 || group % 8 || K % group || !scales || !biases))
-        return -1;
-    if (M == 0) return 0;
-    struct matmul_job j = {{kind, w, scales, biases, K, group, bits}, x, y, M, N, M_BLOCK, 0, 0};
+static int weights_ok(const struct weights *w) {
+    if (w->K <= 0 || (w->kind != W_AFFINE && w->kind != W_F32 && w->kind != W_BF16) || !w->data) return 0;
+    if (w->kind == W_AFFINE && ((w->bits != 4 && w->bits != 8) || w->group < 8 || w->group % 8 || w->K % w->group ||
+                                !w->scales || !w->biases))
+        return 0;
+    return 1;
+}
+
+static void matmul(const struct weights *w, const float *x, int64_t M, int64_t N, float *y) {
+    if (M <= 0) return;
+    struct matmul_job j = {*w, x, y, M, N, M_BLOCK, 0, 0};
     const int64_t m_tiles = (M + M_BLOCK - 1) / M_BLOCK;
     /* about four tiles per thread for balance, whole register blocks of 4 rows */
     int64_t want = (int64_t)pool.threads * 4 / m_tiles;
@@ -381,6 +384,15 @@ int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, con
     j.n_block = n_block;
     j.n_tiles = (N + n_block - 1) / n_block;
     run(matmul_task, &j, m_tiles * j.n_tiles);
+}
+
+/* y (M x N) = x (M x K) @ W.T for W of `kind`: affine codes with float16 scales and biases (bits 4 or 8,
+ * group 32/64/128), float32, or bfloat16. Returns 0, or -1 for arguments it cannot serve. */
+int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
+              int64_t N, int group, int bits, float *y) {
+    const struct weights wt = {kind, w, scales, biases, K, group, bits};
+    if (M < 0 || N <= 0 || !weights_ok(&wt)) return -1;
+    matmul(&wt, x, M, N, y);
     return 0;
 }
 
@@ -403,13 +415,19 @@ void eg_gelu_mul(const float *gate, const float *up, float *out, int64_t n) {
     run(gelu_task, &j, (n + j.chunk - 1) / j.chunk);
 }
 
+/* Sequences packed one after another, padding left out: sequence b holds tokens [start[b], start[b] + len[b]). */
+struct packing {
+    int64_t B;
+    const int64_t *len;
+    int64_t *start;
+};
+
 struct attention_job {
     const float *q, *k, *v;
-    const uint8_t *valid;
     float *out;
-    int64_t B, Hq, Hkv, L, D, radius, q_block, q_blocks;
+    struct packing seqs;
+    int64_t Hq, Hkv, D, radius, q_blocks;
     float scale;
-    int64_t lengths[];
 };
 
 /* Queries per task: their scores against up to 2,048 keys stay in L2. */
@@ -418,41 +436,57 @@ struct attention_job {
 static void attention_task(void *p, int64_t t, float **scratch, size_t *capacity) {
     const struct attention_job *j = p;
     const int64_t blk = t % j->q_blocks, h = (t / j->q_blocks) % j->Hq, b = t / (j->q_blocks * j->Hq);
-    const int64_t len = j->lengths[b], i0 = blk * j->q_block;
-    if (i0 >= len) return; /* padding queries: their rows stay zero */
-    const int64_t i1 = i0 + j->q_block < len ? i0 + j->q_block : len;
-    const int64_t kv = h / (j->Hq / j->Hkv), L = j->L, D = j->D;
-    float *scores = scratch_of(scratch, capacity, (size_t)(j->q_block * L));
+    const int64_t L = j->seqs.len[b], i0 = blk * Q_BLOCK;
+    if (i0 >= L) return;
+    const int64_t i1 = i0 + Q_BLOCK < L ? i0 + Q_BLOCK : L;
+    const int64_t kv = h / (j->Hq / j->Hkv), D = j->D, first = j->seqs.start[b];
+    float *scores = scratch_of(scratch, capacity, (size_t)(Q_BLOCK * L));
     if (!scores) return;
-    const float *q = j->q + ((b * j->Hq + h) * L + i0) * D;
-    const float *k = j->k + (b * j->Hkv + kv) * L * D, *v = j->v + (b * j->Hkv + kv) * L * D;
-    float *out = j->out + ((b * L + i0) * j->Hq + h) * D;
-    /* keys past the last real token are all padding: `len` leaves them out of the range */
-    isa_now()->attend_block(q, D, k, v, D, j->valid + b * L, i0, i1, len, D, j->scale, j->radius, out, j->Hq * D, scores);
+    const int64_t ldq = j->Hq * D, ldk = j->Hkv * D;
+    isa_now()->attend_block(j->q + (first + i0) * ldq + h * D, ldq, j->k + first * ldk + kv * D, j->v + first * ldk + kv * D,
+                            ldk, i0, i1, L, D, j->scale, j->radius, j->out + (first + i0) * ldq + h * D, ldq, scores);
 }
 
-/* Bidirectional attention as EmbeddingGemma runs it. q: (B, Hq, L, D); k, v: (B, Hkv, L, D); valid: (B, L),
- * 1 for real tokens, which must come first in each row (right padding). A query sees the real keys within
- * `radius` positions (radius < 0: all of them) and itself. out: (B, L, Hq, D), zero on padding rows. */
-int eg_attention(const float *q, const float *k, const float *v, const uint8_t *valid, int64_t B, int64_t Hq, int64_t Hkv,
-                 int64_t L, int64_t D, float scale, int64_t radius, float *out) {
-    if (B <= 0 || Hq <= 0 || Hkv <= 0 || Hq % Hkv || L <= 0 || D <= 0) return -1;
-    struct attention_job *j = malloc(sizeof *j + (size_t)B * sizeof(int64_t));
-    if (!j) return -1;
-    *j = (struct attention_job){q, k, v, valid, out, B, Hq, Hkv, L, D, radius, Q_BLOCK, (L + Q_BLOCK - 1) / Q_BLOCK, scale};
+static void attention(const float *q, const float *k, const float *v, const struct packing *seqs, int64_t Hq,
+                      int64_t Hkv, int64_t D, float scale, int64_t radius, float *out) {
+    int64_t longest = 0;
+    for (int64_t b = 0; b < seqs->B; b++) longest = seqs->len[b] > longest ? seqs->len[b] : longest;
+    struct attention_job j = {q, k, v, out, *seqs, Hq, Hkv, D, radius, (longest + Q_BLOCK - 1) / Q_BLOCK, scale};
+    run(attention_task, &j, seqs->B * Hq * j.q_blocks);
+}
+
+static int packing_of(struct packing *p, int64_t B, const int64_t *len) {
+    p->B = B;
+    p->len = len;
+    p->start = malloc((size_t)(B > 0 ? B : 1) * sizeof(int64_t));
+    if (!p->start) return 0;
+    int64_t at = 0;
     for (int64_t b = 0; b < B; b++) {
-        int64_t len = 0;
-        while (len < L && valid[b * L + len]) len++;
-        for (int64_t i = len; i < L; i++)
-            if (valid[b * L + i]) { /* not right-padded */
-                free(j);
-                return -2;
-            }
-        j->lengths[b] = len;
+        p->start[b] = at;
+        at += len[b];
     }
-    memset(out, 0, (size_t)(B * L * Hq * D) * sizeof(float));
-    run(attention_task, j, B * Hq * j->q_blocks);
-    free(j);
+    return 1;
+}
+
+static int64_t tokens_of(int64_t B, const int64_t *len) {
+    int64_t T = 0;
+    for (int64_t b = 0; b < B; b++) {
+        if (len[b] < 0) return -1;
+        T += len[b];
+    }
+    return T;
+}
+
+/* Bidirectional attention as EmbeddingGemma runs it, over packed sequences (no padding): q, out (T, Hq, D);
+ * k, v (T, Hkv, D); sequence b is len[b] tokens long and they follow one another (T = sum of len). A query
+ * sees the keys of its own sequence within `radius` positions (radius < 0: all of them). */
+int eg_attention(const float *q, const float *k, const float *v, const int64_t *len, int64_t B, int64_t Hq, int64_t Hkv,
+                 int64_t D, float scale, int64_t radius, float *out) {
+    if (B <= 0 || Hq <= 0 || Hkv <= 0 || Hq % Hkv || D <= 0 || tokens_of(B, len) < 0) return -1;
+    struct packing seqs;
+    if (!packing_of(&seqs, B, len)) return -1;
+    attention(q, k, v, &seqs, Hq, Hkv, D, scale, radius, out);
+    free(seqs.start);
     return 0;
 }
 
@@ -462,7 +496,111 @@ void eg_rms_norm(const float *x, const float *scale, float *out, int64_t rows, i
     isa_now()->rms_norm(x, scale, out, rows, dim, eps);
 }
 
-/* Rotary position embedding with rotated halves: x, out (rows, L, D); cos, sin (at least L, D / 2). */
-void eg_rope(const float *x, const float *cos_, const float *sin_, float *out, int64_t rows, int64_t L, int64_t D) {
-    isa_now()->rope(x, cos_, sin_, out, rows, L, D);
+static void rope(float *x, const struct packing *seqs, int64_t heads, int64_t D, const float *cos_, const float *sin_) {
+    for (int64_t b = 0; b < seqs->B; b++)
+        for (int64_t i = 0; i < seqs->len[b]; i++)
+            isa_now()->rope(x + (seqs->start[b] + i) * heads * D, cos_ + i * (D / 2), sin_ + i * (D / 2), heads, D);
+}
+
+/* Rotary position embedding with rotated halves, in place, over packed sequences: x (T, heads, D); positions
+ * restart at 0 with each sequence; cos, sin (at least the longest len, D / 2) hold each position's angles. */
+int eg_rope(float *x, const int64_t *len, int64_t B, int64_t heads, int64_t D, const float *cos_, const float *sin_) {
+    if (B <= 0 || heads <= 0 || D <= 0 || D % 2 || tokens_of(B, len) < 0) return -1;
+    struct packing seqs;
+    if (!packing_of(&seqs, B, len)) return -1;
+    rope(x, &seqs, heads, D, cos_, sin_);
+    free(seqs.start);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------- one Gemma 3 encoder block */
+
+/* Everything one block of model.py's TransformerBlock reads, as ctypes fills it in (native.py). */
+struct block {
+    int64_t hidden, heads, kv_heads, head_dim, intermediate, radius, positions; /* positions: rows of cos/sin */
+    float eps, scale;
+    /* RMSNorm scales (1 + weight, float32): input, post-attention, pre-feedforward, post-feedforward
+     * (hidden each), then q and k (head_dim each) */
+    const float *norm[6];
+    const float *cos_, *sin_;
+    /* q, k, v, o, gate, up, down */
+    struct weights proj[7];
+};
+
+enum { Q, K, V, O, GATE, UP, DOWN };
+
+static void add_normed(float *x, float *y, const float *scale, int64_t rows, int64_t dim, float eps) {
+    isa_now()->rms_norm(y, scale, y, rows, dim, eps);
+    for (int64_t i = 0; i < rows * dim; i++) x[i] += y[i];
+}
+
+/* Sequences of a padded batch (B, L, width), right-padded, moved to the front one after another, and back:
+ * padding costs no work in the block. `in` may be `out`: each sequence moves towards the front when packed,
+ * towards the back (last one first) when unpacked, so no source is overwritten before it is read. */
+static void pack(const float *in, float *out, const struct packing *seqs, int64_t L, int64_t width) {
+    for (int64_t b = 0; b < seqs->B; b++)
+        memmove(out + seqs->start[b] * width, in + b * L * width, (size_t)(seqs->len[b] * width) * sizeof(float));
+}
+
+static void unpack(float *x, const struct packing *seqs, int64_t L, int64_t width) {
+    for (int64_t b = seqs->B - 1; b >= 0; b--) {
+        memmove(x + b * L * width, x + seqs->start[b] * width, (size_t)(seqs->len[b] * width) * sizeof(float));
+        memset(x + (b * L + seqs->len[b]) * width, 0, (size_t)((L - seqs->len[b]) * width) * sizeof(float));
+    }
+}
+
+/* One TransformerBlock of model.py on a right-padded batch: in, out (B, L, hidden), sequence b real for its
+ * first len[b] tokens (the rest of out is zeroed; `in` may be `out`):
+ *   h = x + norm(attention(norm(x)));  out = h + norm(mlp(norm(h)))
+ * with everything in between (projections, q/k norms, RoPE, windowed attention, gated GELU) done here, on
+ * the real tokens only, so a pass costs one call per layer instead of a round trip per operation.
+ * Returns 0, -1 for arguments it cannot serve, -3 when out of memory. */
+int eg_block(const struct block *a, const float *in, float *out, int64_t B, int64_t L, const int64_t *len) {
+    const int64_t T = tokens_of(B, len), H = a->hidden, hd = a->head_dim, I = a->intermediate;
+    const int64_t qw = a->heads * hd, kw = a->kv_heads * hd;
+    if (T < 0 || B <= 0 || L <= 0 || L > a->positions || H <= 0 || hd <= 0 || hd % 2 || a->heads <= 0 ||
+        a->kv_heads <= 0 || a->heads % a->kv_heads)
+        return -1;
+    for (int64_t b = 0; b < B; b++)
+        if (len[b] > L) return -1;
+    const int64_t in_of[7] = {H, H, H, qw, H, H, I};
+    for (int i = 0; i < 7; i++)
+        if (!weights_ok(&a->proj[i]) || a->proj[i].K != in_of[i]) return -1;
+    struct packing seqs;
+    if (!packing_of(&seqs, B, len)) return -3;
+    /* xn: the normed input of each half; then the work area, reused: q k v and attention's output, later
+     * gate and up */
+    const int64_t attn_floats = qw + 2 * kw + qw, mlp_floats = 2 * I;
+    float *xn = malloc((size_t)((T ? T : 1) * (H + (attn_floats > mlp_floats ? attn_floats : mlp_floats))) * sizeof(float));
+    if (!xn) {
+        free(seqs.start);
+        return -3;
+    }
+    float *x = out, *q = xn + T * H, *k = q + T * qw, *v = k + T * kw, *att = v + T * kw;
+    float *gate = xn + T * H, *up = gate + T * I;
+    pack(in, x, &seqs, L, H);
+
+    isa_now()->rms_norm(x, a->norm[0], xn, T, H, a->eps);
+    matmul(&a->proj[Q], xn, T, qw, q);
+    matmul(&a->proj[K], xn, T, kw, k);
+    matmul(&a->proj[V], xn, T, kw, v);
+    isa_now()->rms_norm(q, a->norm[4], q, T * a->heads, hd, a->eps);
+    isa_now()->rms_norm(k, a->norm[5], k, T * a->kv_heads, hd, a->eps);
+    rope(q, &seqs, a->heads, hd, a->cos_, a->sin_);
+    rope(k, &seqs, a->kv_heads, hd, a->cos_, a->sin_);
+    attention(q, k, v, &seqs, a->heads, a->kv_heads, hd, a->scale, a->radius, att);
+    matmul(&a->proj[O], att, T, H, xn);
+    add_normed(x, xn, a->norm[1], T, H, a->eps);
+
+    isa_now()->rms_norm(x, a->norm[2], xn, T, H, a->eps);
+    matmul(&a->proj[GATE], xn, T, I, gate);
+    matmul(&a->proj[UP], xn, T, I, up);
+    eg_gelu_mul(gate, up, up, T * I);
+    matmul(&a->proj[DOWN], up, T, H, xn);
+    add_normed(x, xn, a->norm[3], T, H, a->eps);
+
+    unpack(x, &seqs, L, H);
+    free(xn);
+    free(seqs.start);
+    return 0;
 }

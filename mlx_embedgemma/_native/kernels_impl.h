@@ -42,10 +42,29 @@ static inline vf FN(load)(const float *p) {
 
 static inline void FN(store)(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* Sum of the lanes by halving: independent adds, where a lane-by-lane loop is a chain of VL dependent
+ * ones (that chain cost more than the dot product itself at K = 768). */
 static inline float FN(hsum)(vf v) {
-    float s = 0.f;
-    for (int i = 0; i < VL; i++) s += v[i];
-    return s;
+#if VL == 16
+    typedef float h8 __attribute__((vector_size(32)));
+    typedef float h4 __attribute__((vector_size(16)));
+    const h8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const h4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+#elif VL == 8
+    typedef float h4 __attribute__((vector_size(16)));
+    const h4 b = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+    float s[VL];
+    memcpy(s, &v, sizeof s);
+    float t = 0.f;
+    for (int h = VL / 2; h >= 1; h /= 2)
+        for (int i = 0; i < h; i++) s[i] += s[i + h];
+    t = s[0];
+    return t;
+#endif
 }
 
 /* Row n of an affine-quantized matrix as floats: w = scale * q + bias, group by group, as mx.dequantize. */
@@ -183,11 +202,12 @@ static void FN(gelu_mul)(const float *gate, const float *up, float *out, int64_t
     }
 }
 
-/* One query block of one head: scores against the keys it may see, softmax, weighted values.
- * q: (Lq, D) rows with stride ldq; k, v: (L, D) rows with stride ldk; out rows with stride ldo. */
-static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk, const uint8_t *valid,
-                             int64_t i0, int64_t i1, int64_t L, int64_t D, float scale, int64_t radius, float *out,
-                             int64_t ldo, float *scores) {
+/* One query block of one head of one sequence: scores against the keys it may see, softmax, weighted
+ * values. q: (Lq, D) rows with stride ldq; k, v: the sequence's L real keys, (L, D) rows with stride ldk;
+ * out rows with stride ldo. */
+static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk, int64_t i0,
+                             int64_t i1, int64_t L, int64_t D, float scale, int64_t radius, float *out, int64_t ldo,
+                             float *scores) {
     const int64_t lo = radius < 0 ? 0 : (i0 - radius > 0 ? i0 - radius : 0);
     const int64_t hi = radius < 0 ? L : (i1 + radius < L ? i1 + radius : L);
     const int64_t R = hi - lo, Lq = i1 - i0;
@@ -205,7 +225,7 @@ static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const 
         float mx = -3.4e38f;
         for (int64_t j = 0; j < R; j++) {
             const int64_t kj = lo + j, d = kj > qi ? kj - qi : qi - kj;
-            const int seen = kj == qi || (valid[kj] && (radius < 0 || d <= radius));
+            const int seen = radius < 0 || d <= radius;
             s[j] = seen ? s[j] * scale : -3.4e38f;
             mx = s[j] > mx ? s[j] : mx;
         }
@@ -268,26 +288,24 @@ static void FN(rms_norm)(const float *x, const float *scale, float *out, int64_t
     }
 }
 
-/* Rotary embedding, halves rotated (MLX's traditional=False): x and out are (rows, L, D); cos and sin
- * (L, D / 2) give each position's angles. */
-static void FN(rope)(const float *x, const float *cos_, const float *sin_, float *out, int64_t rows, int64_t L, int64_t D) {
+/* Rotary embedding, halves rotated (MLX's traditional=False), in place: x holds `heads` vectors of D per
+ * token; cos and sin (D / 2 each) are the angles of the token's position. */
+static void FN(rope)(float *x, const float *c, const float *s, int64_t heads, int64_t D) {
     const int64_t h = D / 2;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t p = 0; p < L; p++) {
-            const float *a = x + (r * L + p) * D, *c = cos_ + p * h, *s = sin_ + p * h;
-            float *o = out + (r * L + p) * D;
-            int64_t i = 0;
-            for (; i + VL <= h; i += VL) {
-                const vf x1 = FN(load)(a + i), x2 = FN(load)(a + h + i), cv = FN(load)(c + i), sv = FN(load)(s + i);
-                FN(store)(o + i, x1 * cv - x2 * sv);
-                FN(store)(o + h + i, x1 * sv + x2 * cv);
-            }
-            for (; i < h; i++) {
-                const float x1 = a[i], x2 = a[h + i];
-                o[i] = x1 * c[i] - x2 * s[i];
-                o[h + i] = x1 * s[i] + x2 * c[i];
-            }
+    for (int64_t r = 0; r < heads; r++) {
+        float *a = x + r * D;
+        int64_t i = 0;
+        for (; i + VL <= h; i += VL) {
+            const vf x1 = FN(load)(a + i), x2 = FN(load)(a + h + i), cv = FN(load)(c + i), sv = FN(load)(s + i);
+            FN(store)(a + i, x1 * cv - x2 * sv);
+            FN(store)(a + h + i, x1 * sv + x2 * cv);
         }
+        for (; i < h; i++) {
+            const float x1 = a[i], x2 = a[h + i];
+            a[i] = x1 * c[i] - x2 * s[i];
+            a[h + i] = x1 * s[i] + x2 * c[i];
+        }
+    }
 }
 
 #undef vf
