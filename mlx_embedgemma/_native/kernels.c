@@ -80,7 +80,11 @@ static inline float half_to_float(uint16_t h) {
 TARGET_PUSH("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #define ISA avx512
 #define VL 16
+#define BCAST(p) _mm512_set1_ps(*(p))
+#define GATHER32(base, offsets) _mm512_i32gather_epi32((__m512i)(offsets), (const void *)(base), 1)
 #include "kernels_impl.h"
+#undef BCAST
+#undef GATHER32
 #undef ISA
 #undef VL
 TARGET_POP
@@ -88,29 +92,43 @@ TARGET_POP
 TARGET_PUSH("avx2,fma")
 #define ISA avx2
 #define VL 8
+#define BCAST(p) _mm256_set1_ps(*(p))
+#define GATHER32(base, offsets) _mm256_i32gather_epi32((const int *)(const void *)(base), (__m256i)(offsets), 1)
 #include "kernels_impl.h"
+#undef BCAST
+#undef GATHER32
 #undef ISA
 #undef VL
 TARGET_POP
 #endif
 
 #if defined(__aarch64__)
+#include <arm_neon.h>
 #define ISA neon
 #define VL 4
+#define BCAST(p) vld1q_dup_f32(p)
 #include "kernels_impl.h"
+#undef BCAST
 #undef ISA
 #undef VL
 #endif
 
 #define ISA generic
 #define VL 4
+#if defined(__x86_64__)
+#define BCAST(p) _mm_set1_ps(*(p)) /* SSE2: part of x86-64 */
+#endif
 #include "kernels_impl.h"
+#undef BCAST
 #undef ISA
 #undef VL
 
 struct isa {
     const char *name;
-    void (*matmul_tile)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
+    void (*matmul_dots)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
+    void (*matmul_outer)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
+    size_t (*outer_scratch)(int64_t, int64_t);
+    int (*outer_rows)(void);
     void (*gelu_mul)(const float *, const float *, float *, int64_t);
     void (*attend_block)(const float *, int64_t, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
                          float, int64_t, float *, int64_t, float *);
@@ -118,7 +136,7 @@ struct isa {
     void (*rope)(float *, const float *, const float *, int64_t, int64_t);
 };
 
-#define ISA_ENTRY(s) {#s, matmul_tile_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s}
+#define ISA_ENTRY(s) {#s, matmul_dots_##s, matmul_outer_##s, outer_scratch_##s, outer_rows_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s}
 static const struct isa ISAS[] = {
 #if defined(__x86_64__)
     ISA_ENTRY(avx512),
@@ -350,18 +368,26 @@ struct matmul_job {
     int64_t M, N, m_block, n_block, n_tiles;
 };
 
+/* Fewer tokens than this take the dot-product path: an outer-product block would be mostly padding. */
+#define OUTER_MIN_TOKENS 4
+
 static void matmul_task(void *p, int64_t t, float **scratch, size_t *capacity) {
     const struct matmul_job *j = p;
     const int64_t m0 = (t / j->n_tiles) * j->m_block, n0 = (t % j->n_tiles) * j->n_block;
     const int64_t m1 = m0 + j->m_block < j->M ? m0 + j->m_block : j->M, n1 = n0 + j->n_block < j->N ? n0 + j->n_block : j->N;
+    const struct isa *isa = isa_now();
+    if (j->M >= OUTER_MIN_TOKENS) {
+        float *buf = scratch_of(scratch, capacity, isa->outer_scratch(m1 - m0, j->w.K));
+        if (buf) isa->matmul_outer(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf);
+        return;
+    }
     float *buf = j->w.kind == W_F32 ? NULL : scratch_of(scratch, capacity, (size_t)(8 * j->w.K)); /* ROWS <= 8 */
     if (j->w.kind != W_F32 && !buf) return;
-    isa_now()->matmul_tile(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf);
+    isa->matmul_dots(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf);
 }
 
-/* Tokens per tile: they share each dequantized row while it is in L1, and their activations (up to
- * 64 x 3072 floats) stay in L2 across the tile's rows. */
-#define M_BLOCK 64
+/* Tokens per tile: each dequantized panel serves all of them, and they stay in L2 (96 x 1,152 floats). */
+#define M_BLOCK 96
 
 static int weights_ok(const struct weights *w) {
     if (w->K <= 0 || (w->kind != W_AFFINE && w->kind != W_F32 && w->kind != W_BF16) || !w->data) return 0;
@@ -375,12 +401,12 @@ static void matmul(const struct weights *w, const float *x, int64_t M, int64_t N
     if (M <= 0) return;
     struct matmul_job j = {*w, x, y, M, N, M_BLOCK, 0, 0};
     const int64_t m_tiles = (M + M_BLOCK - 1) / M_BLOCK;
-    /* about four tiles per thread for balance, whole register blocks of 4 rows */
+    /* about four tiles per thread for balance, in whole panels */
+    const int64_t unit = isa_now()->outer_rows();
     int64_t want = (int64_t)pool.threads * 4 / m_tiles;
     if (want < 1) want = 1;
     int64_t n_block = (N + want - 1) / want;
-    n_block = (n_block + 3) / 4 * 4;
-    if (n_block < 16) n_block = 16;
+    n_block = (n_block + unit - 1) / unit * unit;
     j.n_block = n_block;
     j.n_tiles = (N + n_block - 1) / n_block;
     run(matmul_task, &j, m_tiles * j.n_tiles);

@@ -1,6 +1,7 @@
 /* The CPU kernels, written once and compiled once per instruction set (see kernels.c).
  *
- * Including file defines: ISA (suffix of every function name here) and VL (floats per vector).
+ * Including file defines: ISA (suffix of every function name here) and VL (floats per vector), and may
+ * define BCAST(p), the instruction set's broadcast of the float at p.
  * GCC/Clang vector extensions instead of intrinsics: the same source becomes AVX-512, AVX2+FMA,
  * NEON or SSE2 code, depending on the target the including file switched on around it.
  */
@@ -42,6 +43,18 @@ static inline vf FN(load)(const float *p) {
 
 static inline void FN(store)(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* One float in every lane, read straight from memory: `(vf){0} + x` became an add and a register
+ * broadcast, both competing with the FMAs for the same ports. */
+static inline vf FN(bcast)(const float *p) {
+#ifdef BCAST
+    return (vf)BCAST(p); /* the ISA's broadcast-from-memory instruction, set by kernels.c */
+#else
+    vf v;
+    for (int i = 0; i < VL; i++) v[i] = *p;
+    return v;
+#endif
+}
+
 /* Sum of the lanes by halving: independent adds, where a lane-by-lane loop is a chain of VL dependent
  * ones (that chain cost more than the dot product itself at K = 768). */
 static inline float FN(hsum)(vf v) {
@@ -65,6 +78,31 @@ static inline float FN(hsum)(vf v) {
     t = s[0];
     return t;
 #endif
+}
+
+/* The 32-bit words at base + offsets[lane] (unaligned), for the first `live` lanes; zero after. */
+static inline vu FN(gather)(const uint8_t *base, vi offsets, int live) {
+#ifdef GATHER32
+    if (live == VL) return (vu)GATHER32(base, offsets); /* the ISA's gather instruction, set by kernels.c */
+#endif
+    vu v = {0};
+    for (int r = 0; r < live; r++) memcpy((uint32_t *)&v + r, base + offsets[r], 4);
+    return v;
+}
+
+/* float16 bit patterns (one per lane) to floats, exactly: the magnitude bits moved to a float's place and
+ * scaled by 2^112 (which also makes subnormals right); infinities and NaNs keep an all-ones exponent. */
+static inline vf FN(halves)(vu h) {
+    const vu mag = (h & 0x7FFF) << 13;
+    vf f;
+    memcpy(&f, &mag, sizeof f);
+    f *= 0x1p112f;
+    vu bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits |= (vu)((h & 0x7C00) == 0x7C00) & 0x7F800000; /* exponent 31: Inf or NaN */
+    bits |= (h & 0x8000) << 16;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 /* Row n of an affine-quantized matrix as floats: w = scale * q + bias, group by group, as mx.dequantize. */
@@ -146,9 +184,10 @@ static void FN(dot_block)(const float *x, int64_t ldx, int tokens, const float *
         }
 }
 
-/* y[m, n0:n1] for m in [m0, m1): rows of W made float ROWS at a time (into `buf`, or read in place when
- * the weights are float32), then multiplied with every token of the block while they sit in L1. */
-static void FN(matmul_tile)(const struct weights *w, const float *x, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+/* Few tokens (a query's pooled vector, a short pass): y[m, n0:n1] for m in [m0, m1) as dot products, rows of
+ * W made float ROWS at a time (into `buf`, or read in place when the weights are float32) and multiplied with
+ * every token while they sit in L1. */
+static void FN(matmul_dots)(const struct weights *w, const float *x, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
                             float *y, int64_t N, float *buf) {
     const int64_t K = w->K;
     for (int64_t n = n0; n < n1; n += ROWS) {
@@ -175,30 +214,183 @@ static void FN(matmul_tile)(const struct weights *w, const float *x, int64_t m0,
     }
 }
 
+/* ---- Outer products: the path for MR tokens or more.
+ * A panel of NR output rows is dequantized once, transposed (panel[k][NR]), and every block of MR tokens
+ * runs through it: per k, NR / VL vector loads of the panel and MR broadcasts of x feed MR x NR / VL
+ * independent FMAs, with no horizontal sums. Dot products (above) need two vector loads per FMA pair and
+ * ran at a quarter of the FMA peak here, bound by reading the activations from L2. */
+#ifdef EG_NV /* overrides, for measuring other shapes */
+#define NV EG_NV
+#define MR EG_MR
+#elif VL >= 16 || defined(__aarch64__)
+#define NV 2
+#define MR 12 /* 24 accumulators + 3 of 32 registers */
+#else
+#define NV 2
+#define MR 6 /* 12 accumulators + 3 of 16 */
+#endif
+#define NR (NV * VL) /* outputs per panel: NV vectors */
+
+/* Columns of K per panel: a panel (KC x NR floats, 16 KB on AVX-512) stays in L1 while every block of
+ * tokens runs through it. A multiple of every group size. */
+#define KC 128
+
+/* panel[(k - k0) * NR + j] = W[n + j][k] for j < rows (rows past the end: zero), k0 <= k < k1. */
+static void FN(pack_panel)(const struct weights *w, int64_t n, int rows, int64_t k0, int64_t k1, float *panel) {
+    const int64_t K = w->K;
+    for (int jb = 0; jb < NR; jb += VL) { /* VL rows at a time: one lane per row */
+        const int live = rows - jb < VL ? (rows - jb > 0 ? rows - jb : 0) : VL;
+        float *out = panel + jb - k0 * NR;
+        if (!live) {
+            for (int64_t k = k0; k < k1; k++) FN(store)(out + k * NR, (vf){0});
+        } else if (w->kind == W_F32) {
+            const float *src = (const float *)w->data + (n + jb) * K;
+            for (int64_t k = k0; k < k1; k++) {
+                vf v = {0};
+                for (int r = 0; r < live; r++) v[r] = src[r * K + k];
+                FN(store)(out + k * NR, v);
+            }
+        } else if (w->kind == W_BF16) {
+            const uint16_t *src = (const uint16_t *)w->data + (n + jb) * K;
+            for (int64_t k = k0; k < k1; k++) {
+                vu v = {0};
+                for (int r = 0; r < live; r++) v[r] = (uint32_t)src[r * K + k] << 16;
+                vf f;
+                memcpy(&f, &v, sizeof f);
+                FN(store)(out + k * NR, f);
+            }
+        } else {
+            const int64_t groups = K / w->group, row_bytes = K * w->bits / 8;
+            const uint8_t *src = (const uint8_t *)w->data + (n + jb) * row_bytes;
+            const int per_word = 32 / w->bits;
+            const uint32_t mask = (1u << w->bits) - 1;
+            vi offsets = {0};
+            for (int r = 0; r < VL; r++) offsets[r] = (int32_t)(r < live ? r * row_bytes : 0);
+            for (int64_t g = k0 / w->group; g < k1 / w->group; g++) {
+                vu hs = {0}, hb = {0};
+                for (int r = 0; r < live; r++) {
+                    hs[r] = w->scales[(n + jb + r) * groups + g];
+                    hb[r] = w->biases[(n + jb + r) * groups + g];
+                }
+                const vf sc = FN(halves)(hs), bi = FN(halves)(hb);
+                for (int64_t k = g * w->group; k < (g + 1) * w->group; k += per_word) {
+                    /* lane r: the word holding row r's codes for k .. k + per_word - 1 */
+                    const vu words = FN(gather)(src + k * w->bits / 8, offsets, live);
+                    for (int i = 0; i < per_word; i++) {
+                        const vi q = (vi)((words >> (uint32_t)(i * w->bits)) & mask);
+                        FN(store)(out + (k + i) * NR, __builtin_convertvector(q, vf) * sc + bi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* xp[k * MR + t] = x[t][k] for t < tokens, zero after: the broadcasts then read one cache line per k. */
+static void FN(pack_tokens)(const float *x, int64_t K, int tokens, float *xp) {
+    for (int64_t k = 0; k < K; k++)
+        for (int t = 0; t < MR; t++) xp[k * MR + t] = t < tokens ? x[t * K + k] : 0.f;
+}
+
+/* y[t][0:cols] (+)= sum over the panel's kc columns of xp[k][t] * panel[k][0:cols], for t < tokens; `add`
+ * accumulates onto y (the panels after the first). */
+static void FN(outer_block)(const float *xp, const float *panel, int64_t kc, int tokens, int cols, float *y, int64_t ldy,
+                            int add) {
+    vf acc[MR][NV];
+    for (int t = 0; t < MR; t++)
+        for (int v = 0; v < NV; v++) acc[t][v] = (vf){0};
+    for (int64_t k = 0; k < kc; k++) {
+        vf w[NV];
+        for (int v = 0; v < NV; v++) w[v] = FN(load)(panel + k * NR + v * VL);
+        for (int t = 0; t < MR; t++) {
+            const vf xb = FN(bcast)(xp + k * MR + t);
+            for (int v = 0; v < NV; v++) acc[t][v] += xb * w[v];
+        }
+    }
+    for (int t = 0; t < tokens; t++) {
+        float row[NR];
+        if (cols == NR && !add) {
+            for (int v = 0; v < NV; v++) FN(store)(y + t * ldy + v * VL, acc[t][v]);
+            continue;
+        }
+        for (int v = 0; v < NV; v++) FN(store)(row + v * VL, acc[t][v]);
+        for (int c = 0; c < cols; c++) y[t * ldy + c] = add ? y[t * ldy + c] + row[c] : row[c];
+    }
+}
+
+/* Floats of scratch the outer-product path needs for a tile of m tokens: the packed tokens and one panel. */
+static size_t FN(outer_scratch)(int64_t m, int64_t K) { return (size_t)(((m + MR - 1) / MR) * MR * K + NR * KC); }
+static int FN(outer_rows)(void) { return NR; }
+
+static void FN(matmul_outer)(const struct weights *w, const float *x, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                             float *y, int64_t N, float *buf) {
+    const int64_t K = w->K, blocks = (m1 - m0 + MR - 1) / MR;
+    float *xp = buf, *panel = buf + blocks * MR * K;
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t m = m0 + b * MR;
+        FN(pack_tokens)(x + m * K, K, (int)(m1 - m < MR ? m1 - m : MR), xp + b * MR * K);
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t k1 = k0 + KC < K ? k0 + KC : K;
+        for (int64_t n = n0; n < n1; n += NR) {
+            const int cols = (int)(n1 - n < NR ? n1 - n : NR);
+            FN(pack_panel)(w, n, cols, k0, k1, panel);
+            for (int64_t b = 0; b < blocks; b++) {
+                const int64_t m = m0 + b * MR;
+                FN(outer_block)(xp + b * MR * K + k0 * MR, panel, k1 - k0, (int)(m1 - m < MR ? m1 - m : MR), cols,
+                                y + m * N + n, N, k0 > 0);
+            }
+        }
+    }
+}
+
+/* Lanes of v limited to [lo, hi], by compare masks (C has no vector ?:). */
+static inline vf FN(clamp)(vf v, float lo, float hi) {
+    const vf l = (vf){0} + lo, h = (vf){0} + hi;
+    vi bits, lb, hb;
+    memcpy(&bits, &v, sizeof bits);
+    memcpy(&lb, &l, sizeof lb);
+    memcpy(&hb, &h, sizeof hb);
+    const vi under = (vi)(v < l), over = (vi)(v > h);
+    bits = (bits & ~(under | over)) | (lb & under) | (hb & over);
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
 /* out[i] = gelu_tanh(gate[i]) * up[i]; tanh(u) = 1 - 2 / (exp(2u) + 1), exp by range reduction and a
- * degree-6 polynomial (relative error < 2e-7 over the clamped range), so the loop vectorizes. */
-static void FN(gelu_mul)(const float *gate, const float *up, float *out, int64_t n) {
+ * degree-6 polynomial (relative error < 2e-7 over the clamped range), VL lanes at a time. */
+static inline vf FN(gelu_vec)(vf g, vf up) {
     const float c = 0.7978845608028654f, c3 = 0.044715f * 0.7978845608028654f;
-    for (int64_t i = 0; i < n; i++) {
-        const float g = gate[i];
-        float u = 2.f * g * (c + c3 * g * g);
-        u = u > 80.f ? 80.f : (u < -80.f ? -80.f : u);
-        /* exp(u) = 2^j * exp(r), r in [-ln2/2, ln2/2] */
-        const float j = __builtin_floorf(u * 1.4426950408889634f + 0.5f);
-        const float r = u - j * 0.693145751953125f - j * 1.428606765330187e-06f;
-        float p = 1.f / 720.f;
-        p = p * r + 1.f / 120.f;
-        p = p * r + 1.f / 24.f;
-        p = p * r + 1.f / 6.f;
-        p = p * r + 0.5f;
-        p = p * r + 1.f;
-        p = p * r + 1.f;
-        int32_t bits = ((int32_t)j + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, 4);
-        const float e = p * scale;
-        const float t = 1.f - 2.f / (e + 1.f);
-        out[i] = 0.5f * g * (1.f + t) * up[i];
+    vf u = 2.f * g * (c + c3 * g * g);
+    u = FN(clamp)(u, -80.f, 80.f);
+    /* exp(u) = 2^j * exp(r), r in [-ln2/2, ln2/2]; j by round-to-nearest through the 1.5 * 2^23 trick */
+    const vf big = (vf){0} + 12582912.f;
+    const vf j = (u * 1.4426950408889634f + big) - big;
+    const vf r = u - j * 0.693145751953125f - j * 1.428606765330187e-06f;
+    vf p = (vf){0} + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const vi bits = (__builtin_convertvector(j, vi) + 127) << 23;
+    vf scale;
+    memcpy(&scale, &bits, sizeof scale);
+    const vf e = p * scale;
+    const vf t = 1.f - 2.f / (e + 1.f);
+    return 0.5f * g * (1.f + t) * up;
+}
+
+static void FN(gelu_mul)(const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) FN(store)(out + i, FN(gelu_vec)(FN(load)(gate + i), FN(load)(up + i)));
+    if (i < n) { /* the tail through one zero-padded vector */
+        float g[VL] = {0}, u[VL] = {0}, o[VL];
+        memcpy(g, gate + i, (size_t)(n - i) * sizeof(float));
+        memcpy(u, up + i, (size_t)(n - i) * sizeof(float));
+        FN(store)(o, FN(gelu_vec)(FN(load)(g), FN(load)(u)));
+        memcpy(out + i, o, (size_t)(n - i) * sizeof(float));
     }
 }
 
@@ -314,3 +506,7 @@ static void FN(rope)(float *x, const float *c, const float *s, int64_t heads, in
 #undef vb
 #undef ROWS
 #undef TOKENS
+#undef NR
+#undef NV
+#undef MR
+#undef KC
