@@ -70,8 +70,8 @@ class MLXEncoder(Encoder):
             runs = 5 if label == "query" else 2
             f = min(timed(forward) for _ in range(runs))
             e = min(timed(encode) for _ in range(runs))
-            yield {"kind": "overhead", "dim": dim, "workload": label, "texts": len(batch), "forward_s": round(f, 4),
-                   "encode_s": round(e, 4), "ratio": round(e / f, 3)}
+            yield {"kind": "overhead", "dim": dim, "workload": label, "texts": len(batch), "forward_s": round(f, 6),
+                   "encode_s": round(e, 6), "ratio": round(e / f, 3)}
 
     def peak_mlx_mb(self) -> float:
         return mx.get_peak_memory() / 2**20

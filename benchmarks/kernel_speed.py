@@ -3,8 +3,9 @@
     python benchmarks/kernel_speed.py [--threads 1,2] [--bits 4,8] [--output FILE]
 
 One layer of EmbeddingGemma (q, k, v, o, gate, up, down: 5.3 M weights, group 64), random weights, times
-taken as the best of several runs of all seven products. Used to choose the register blocking
-(ROWS x TOKENS in _native/kernels_impl.h) and to see what each instruction set gives on a machine.
+taken as the best of several runs of all seven products. Used to choose the register blocking (ROWS x
+TOKENS of the dot-product path, MR x NR of the outer-product path in _native/kernels_impl.h) and to see
+what each instruction set gives on a machine.
 """
 
 from __future__ import annotations

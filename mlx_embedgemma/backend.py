@@ -8,7 +8,9 @@ pass takes, how many threads compute, and how MLX's buffer cache is kept bounded
 What was measured, and where (benchmarks/results/, see benchmarks/README.md):
 - Linux x86-64 CPU: MLX's CPU backend has no fast quantized matmul, runs transcendental functions and
   attention in scalar loops, and its wheel links the reference BLAS; the native kernels replace all of
-  them (records: bench-linux-x86_64-2core.jsonl, kernels-linux-x86_64.jsonl).
+  them, one call per encoder block, since a round trip between MLX and the kernels per operation cost
+  about as much as the matmuls of a query (records: bench-linux-x86_64-xeon-2core*.jsonl,
+  kernels-linux-x86_64.jsonl).
 - CUDA (H200, random weights): MLX's quantized kernels are slower than dense float32 ones for batches
   (bench-linux-cuda-h200-random-weights.jsonl), so quantized layers are dequantized once at load.
 - Not measured here: Metal, and the CPU of a Mac, where MLX's elementwise ops and matmuls go through
