@@ -309,8 +309,9 @@ static void FN(outer_block)(const float *xp, const float *panel, int64_t kc, int
     }
     for (int t = 0; t < tokens; t++) {
         float row[NR];
-        if (cols == NR && !add) {
-            for (int v = 0; v < NV; v++) FN(store)(y + t * ldy + v * VL, acc[t][v]);
+        if (cols == NR) {
+            for (int v = 0; v < NV; v++)
+                FN(store)(y + t * ldy + v * VL, add ? FN(load)(y + t * ldy + v * VL) + acc[t][v] : acc[t][v]);
             continue;
         }
         for (int v = 0; v < NV; v++) FN(store)(row + v * VL, acc[t][v]);
@@ -357,13 +358,10 @@ static inline vf FN(clamp)(vf v, float lo, float hi) {
     return v;
 }
 
-/* out[i] = gelu_tanh(gate[i]) * up[i]; tanh(u) = 1 - 2 / (exp(2u) + 1), exp by range reduction and a
- * degree-6 polynomial (relative error < 2e-7 over the clamped range), VL lanes at a time. */
-static inline vf FN(gelu_vec)(vf g, vf up) {
-    const float c = 0.7978845608028654f, c3 = 0.044715f * 0.7978845608028654f;
-    vf u = 2.f * g * (c + c3 * g * g);
+/* exp of each lane: 2^j * exp(r), r in [-ln2/2, ln2/2], exp(r) by a degree-6 polynomial (relative error
+ * < 2e-7); j by round-to-nearest through the 1.5 * 2^23 trick. Lanes are clamped to [-80, 80] first. */
+static inline vf FN(expv)(vf u) {
     u = FN(clamp)(u, -80.f, 80.f);
-    /* exp(u) = 2^j * exp(r), r in [-ln2/2, ln2/2]; j by round-to-nearest through the 1.5 * 2^23 trick */
     const vf big = (vf){0} + 12582912.f;
     const vf j = (u * 1.4426950408889634f + big) - big;
     const vf r = u - j * 0.693145751953125f - j * 1.428606765330187e-06f;
@@ -377,7 +375,15 @@ static inline vf FN(gelu_vec)(vf g, vf up) {
     const vi bits = (__builtin_convertvector(j, vi) + 127) << 23;
     vf scale;
     memcpy(&scale, &bits, sizeof scale);
-    const vf e = p * scale;
+    return p * scale;
+}
+
+/* out[i] = gelu_tanh(gate[i]) * up[i]; tanh(u) = 1 - 2 / (exp(2u) + 1), exp by range reduction and a
+ * degree-6 polynomial (relative error < 2e-7 over the clamped range), VL lanes at a time. */
+static inline vf FN(gelu_vec)(vf g, vf up) {
+    const float c = 0.7978845608028654f, c3 = 0.044715f * 0.7978845608028654f;
+    const vf u = 2.f * g * (c + c3 * g * g);
+    const vf e = FN(expv)(u);
     const vf t = 1.f - 2.f / (e + 1.f);
     return 0.5f * g * (1.f + t) * up;
 }
@@ -421,8 +427,21 @@ static void FN(attend_block)(const float *q, int64_t ldq, const float *k, const 
             s[j] = seen ? s[j] * scale : -3.4e38f;
             mx = s[j] > mx ? s[j] : mx;
         }
-        float sum = 0.f;
-        for (int64_t j = 0; j < R; j++) {
+        vf sums = (vf){0};
+        int64_t j = 0;
+        for (; j + VL <= R; j += VL) {
+            const vf v = FN(load)(s + j);
+            const vf e = FN(expv)(v - mx);
+            vi bits;
+            memcpy(&bits, &e, sizeof bits);
+            bits &= (vi)(v > -3.4e38f); /* masked keys weigh exactly 0 */
+            vf kept;
+            memcpy(&kept, &bits, sizeof kept);
+            FN(store)(s + j, kept);
+            sums += kept;
+        }
+        float sum = FN(hsum)(sums);
+        for (; j < R; j++) {
             s[j] = s[j] <= -3.4e38f ? 0.f : expf(s[j] - mx);
             sum += s[j];
         }
