@@ -99,7 +99,7 @@ def measure_memory(job: Job, scenario: str, spawned_at: float) -> dict:
         texts = len(docs)
     return {
         "kind": "memory", "scenario": scenario, "dim": dim, "texts": texts,
-        "peak_rss_mb": round(peak_rss_mb(), 1), "mlx_peak_mb": round(encoder.peak_mlx_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "mlx_peak_mb": round(encoder.peak_mlx_mb(), 3),
         "load_s": round(load_s, 3), "cold_start_s": round(cold_start, 3),
         "plan": encoder.model.plan.describe(),
     }

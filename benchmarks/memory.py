@@ -154,7 +154,7 @@ def child(model_path: str, scenario: str, scale: float, kernels: str) -> dict:
         "tokens_per_text": tokens if scenario != "query" else model.count_tokens(texts, "query")[0],
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "end_rss_mb": end_rss and round(end_rss, 1),
-        "mlx_peak_mb": round(mx.get_peak_memory() / 2**20, 1),
+        "mlx_peak_mb": round(mx.get_peak_memory() / 2**20, 3),
         "load_s": round(load_s, 3),
         "first_embedding_s": round(first_s, 3),
         "run_s": round(run_s, 2),
