@@ -17,6 +17,21 @@ NO_REAL_MODEL = (
 )
 
 
+def run_forked(target, args, timeout: float = 60):
+    """Run target(*args, queue) in a child made by fork(); returns its exit code (None if it hung and was
+    killed) and the queue it reported on."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, queue))
+    child.start()
+    child.join(timeout)
+    if child.exitcode is None:
+        child.kill()
+    return child.exitcode, queue
+
+
 @pytest.fixture(scope="session")
 def tiny_source(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_source

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import run_forked
 from mlx_embedgemma import load
 
 THREADS = 8
@@ -70,15 +71,8 @@ def _encode_after_fork(path, queue):
 
 
 def test_a_child_forked_after_mlx_ran_gets_a_clear_error_not_a_hang(tiny_f32):
-    import multiprocessing
-
     load(tiny_f32).encode(["warm"])  # this process has run MLX
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_encode_after_fork, args=(tiny_f32, queue))
-    child.start()
-    child.join(60)
-    if child.exitcode is None:
-        child.kill()
+    exitcode, queue = run_forked(_encode_after_fork, (tiny_f32,))
+    if exitcode is None:
         pytest.fail("the forked child hung")
     assert "spawn" in queue.get(timeout=5)

@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from conftest import run_forked
 from mlx_embedgemma import native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels not built: {native.unavailable_reason()}")
@@ -205,14 +206,8 @@ def test_pool_works_in_a_forked_child():
     native.set_threads(2)
     try:
         _matmul_in_child(args, multiprocessing.Queue())  # the parent's pool is running
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_matmul_in_child, args=(args, queue))
-        child.start()
-        child.join(60)
-        if child.exitcode is None:
-            child.kill()
-        assert child.exitcode == 0, "the forked child hung or died"
+        exitcode, queue = run_forked(_matmul_in_child, (args,))
+        assert exitcode == 0, "the forked child hung or died"
         assert queue.get(timeout=5) < 1e-3
     finally:
         native.set_threads(before)
