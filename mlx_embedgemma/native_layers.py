@@ -143,12 +143,11 @@ class NativeBlock(nn.Module):
         attn, rope = block.self_attn, block.self_attn.rope
         if rope.traditional or rope.scale != 1.0:
             raise ValueError("the native block serves Gemma's RoPE only (rotated halves, scale 1)")
-        self._linears = _Linears(linears)
         self.release_after_call = False
         self._base, self._dims = float(rope.base), int(rope.dims)  # plain numbers: not MLX parameters
         norms = [block.input_layernorm, block.post_attention_layernorm, block.pre_feedforward_layernorm,
                  block.post_feedforward_layernorm, attn.q_norm, attn.k_norm]
-        self._norms = _Arrays([host((1.0 + n.weight).astype(mx.float32)) for n in norms])
+        norms = [host((1.0 + n.weight).astype(mx.float32)) for n in norms]
         order = [linears[n] for n in BLOCK_LINEARS]
         if any(lin._w.bias is not None for lin in order):
             raise ValueError("the native block serves Gemma's bias-free projections only")
@@ -159,12 +158,12 @@ class NativeBlock(nn.Module):
         args.intermediate = gate.N
         args.radius = -1 if attn.attend.radius is None else attn.attend.radius
         args.eps, args.scale = eps, attn.attend.scale
-        for i, n in enumerate(self._norms.arrays):
+        for i, n in enumerate(norms):
             args.norm[i] = native._ptr(n)
         for i, lin in enumerate(order):
             w = lin._w
             args.proj[i] = native.weights(w.kind, w.weight, w.K, w.scales, w.biases, w.group_size, w.bits)
-        self._args = _Struct(args)
+        self._held = _BlockBuffers(linears, norms, args)
 
     def _table(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin of position * base ** (-2i / D), computed in float64 and rounded once to float32 (at
@@ -180,7 +179,7 @@ class NativeBlock(nn.Module):
         return cos, sin
 
     def release(self) -> None:
-        for lin in self._linears.layers.values():
+        for lin in self._held.linears.values():
             lin.release()
 
     def __call__(self, x: mx.array, valid: mx.array) -> mx.array:
@@ -190,7 +189,7 @@ class NativeBlock(nn.Module):
         if not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
             raise ValueError("the native encoder block needs right-padded rows (real tokens first)")
         cos, sin = self._table(xs.shape[1])
-        args = self._args.value
+        args = self._held.args
         args.cos, args.sin, args.positions = native._ptr(cos), native._ptr(sin), len(cos)
         y, out = output(xs.shape)
         native.block(args, xs, lengths, out)
@@ -206,15 +205,7 @@ BLOCK_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "se
 
 
 @dataclass
-class _Linears:  # outside MLX's parameter tree: MLX never sees these layers' buffers
-    layers: dict[str, NativeLinear]
-
-
-@dataclass
-class _Arrays:
-    arrays: list[np.ndarray]
-
-
-@dataclass
-class _Struct:
-    value: native.Block
+class _BlockBuffers:  # outside MLX's parameter tree: what the kernel's struct points into, kept alive here
+    linears: dict[str, NativeLinear]
+    norms: list[np.ndarray]
+    args: native.Block

@@ -91,7 +91,7 @@ def test_linear_layers_are_read_in_place_on_the_native_plan(tiny_q4):
         pytest.skip(f"this machine's plan is {model.plan.describe()}")
     block = model.network.model.layers[0]
     assert isinstance(block, NativeBlock) and model.plan.blocks == "native"
-    up = block._linears.layers["mlp.up_proj"]
+    up = block._held.linears["mlp.up_proj"]
     assert isinstance(up, NativeLinear) and up._file.map is not None
     assert isinstance(model.network.dense[0], NativeLinear)
     stored = [n for n, _ in tree_flatten(model.network.parameters()) if n.startswith("model.layers.") and "proj" in n]

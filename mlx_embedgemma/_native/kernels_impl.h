@@ -72,11 +72,9 @@ static inline float FN(hsum)(vf v) {
 #else
     float s[VL];
     memcpy(s, &v, sizeof s);
-    float t = 0.f;
     for (int h = VL / 2; h >= 1; h /= 2)
         for (int i = 0; i < h; i++) s[i] += s[i + h];
-    t = s[0];
-    return t;
+    return s[0];
 #endif
 }
 
