@@ -479,7 +479,14 @@ def test_an_update_killed_midway_leaves_a_consistent_store(tmp_path, tiny_matryo
     db = tmp_path / "store.db"
     cmd = [sys.executable, "-m", "mlx_embedgemma.cli", "index", str(big), "--db", str(db), "--model", str(tiny_matryoshka),
            "--batch-size", "4"]
-    assert kill_when(cmd, tmp_path, lambda: db.exists() and db.stat().st_size > 64 * 1024, poll_s=0.01)
+    journal = db.with_name(db.name + "-journal")
+
+    def some_batch_committed() -> bool:
+        # The file grows while a commit is being written, journal present; a kill then rolls the store
+        # back to empty, which is consistent but tests nothing. Past the size with no journal, a commit finished.
+        return db.exists() and db.stat().st_size > 64 * 1024 and not journal.exists()
+
+    assert kill_when(cmd, tmp_path, some_batch_committed, poll_s=0.01)
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
     files, chunks = rows(db, "SELECT COUNT(*) FROM files")[0][0], rows(db, "SELECT COUNT(*) FROM chunks")[0][0]
     assert 0 < files < 300 and chunks == files  # whole files only: each note is one chunk, and has it
