@@ -57,14 +57,51 @@ def test_precision_table_shows_each_score_beside_its_float32_difference(tmp_path
         {"weights_sha256": "aa", "storage": "float32", "measurement": "sts", "scores": {"768": 88.0, "512": 88.0, "256": 88.0, "128": 87.0}},
         {"weights_sha256": "bb", "storage": "recipe q4-mixed: 4-bit", "measurement": "sts", "scores": {"768": 87.75, "512": 88.1, "256": 88.0, "128": 86.5}},
         {"weights_sha256": "bb", "storage": "recipe q4-mixed: 4-bit", "measurement": "size", "size_mb": 185.2, "block_bits_per_weight": 4.86},
+        {"weights_sha256": "bb", "storage": "recipe q4-mixed: 4-bit", "measurement": "cosine_validation", "mean_cosine": 0.98891,
+         "min_cosine": 0.9401, "worst": {"id": "repeat-word-en", "kind": "repeated-word", "cosine": 0.9401}},
+        {"weights_sha256": "aa", "storage": "float32", "measurement": "cosine", "mean_cosine": 1.0, "min_cosine": 1.0},  # older record
     ]
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = precision.table([], results).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| float32 |")
+    assert [c.strip() for c in lines[2].strip("|").split("|")][4:10] == ["1.0000", "1.0000", "–", "–", "–", "–"]
     row = [cell.strip() for cell in lines[3].strip("|").split("|")]
     assert row[:3] == ["q4-mixed", "4.86", "185 MB"]
-    assert row[6:10] == ["87.75 (-0.25)", "88.10 (+0.10)", "88.00 (+0.00)", "86.50 (-0.50)"]
-    assert row[10:] == ["–"] * 4
+    assert row[4:10] == ["–", "–", "–", "0.9889", "0.9401", "repeated-word (repeat-word-en)"]
+    assert row[10:14] == ["87.75 (-0.25)", "88.10 (+0.10)", "88.00 (+0.00)", "86.50 (-0.50)"]
+    assert row[14:] == ["–"] * 4
+
+
+def test_per_text_cosine_names_the_worst_text_and_its_kind():
+    import numpy as np
+
+    rows = [{"id": "a", "kind": "short", "prompt_name": "query", "text": "x"},
+            {"id": "b", "kind": "log", "prompt_name": "document", "text": "y"},
+            {"id": "c", "kind": "code", "prompt_name": "query", "text": "z"}]
+    reference = np.eye(3, dtype=np.float32)
+    ours = {"x": [1, 0, 0], "y": [0.6, 0.8, 0], "z": [0, 0, 2]}  # unnormalized: cosine divides by the norm
+    seen = []
+
+    def encode(texts, prompt_name):
+        seen.append((prompt_name, texts))
+        return np.array([ours[t] for t in texts], np.float32)
+
+    record = precision.per_text_cosine(encode, rows, reference)
+    assert sorted(seen) == [("document", ["y"]), ("query", ["x", "z"])]  # one call per prompt
+    assert record["cosines"] == {"a": 1.0, "b": 0.8, "c": 1.0}
+    assert record["mean_cosine"] == pytest.approx(0.93333, abs=1e-5) and record["min_cosine"] == 0.8
+    assert record["worst"] == {"id": "b", "kind": "log", "n_tokens": None, "cosine": 0.8}
+
+
+def test_validation_set_is_frozen_beside_its_reference_and_disjoint_from_the_test_set():
+    rows, reference = precision.text_set("validation")
+    assert reference.shape == (len(rows), 768) and len(rows) >= 40
+    assert len({r["script"] for r in rows}) >= 10 and all(r["n_tokens"] <= 2048 for r in rows)
+    assert {"long-doc", "code", "table-csv", "table-md", "log", "repeated-word", "repeated-phrase", "short"} <= {r["kind"] for r in rows}
+    test_set = precision.SHARED / "reference" / "public.jsonl"
+    if test_set.is_file():
+        held_out = {json.loads(line)["text"] for line in test_set.read_text(encoding="utf-8").splitlines() if line.strip()}
+        assert not held_out & {r["text"] for r in rows}
 
 
 def test_stream_lengths_mix_short_texts_with_a_long_tail():
