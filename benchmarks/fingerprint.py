@@ -74,7 +74,9 @@ def kernel(plan) -> str:
     """What runs the network's matmuls: the native kernel and its instruction set, or MLX's own."""
     if plan is None:
         return "unknown"
-    return f"native-{plan.isa}" if plan.kernels == "native" else f"mlx-{plan.backend}"
+    if plan.kernels != "native":
+        return f"mlx-{plan.backend}"
+    return f"native-{plan.isa}" + (f"-int{plan.activations}" if plan.activations != 32 else "")
 
 
 def fingerprint(device: mx.Device, threads: int, model_path: Path | None = None, storage: str | None = None,

@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the documents to run")
     parser.add_argument("--output", type=Path, default=None, help="append JSONL records here (default: stdout only)")
-    parser.add_argument("--kernels", choices=("auto", "native", "mlx"), default="auto", help="load(..., kernels=...)")
+    parser.add_argument("--kernels", choices=("auto", "native", "native-int8", "native-int16", "native-float32", "mlx"), default="auto", help="load(..., kernels=...)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -284,7 +284,9 @@ def _installed(module: str) -> bool:
               help="Folder with eval/ and reference/ [default: ../shared or $EMBEDGEMMA_SHARED].")
 @click.option("--no-quality", is_flag=True, help="Skip STS and retrieval scores.")
 @click.option("--kernels", default="auto", show_default=True,
-              help="CPU plans to measure side by side, comma-separated: auto, native (the compiled kernels), mlx (MLX's own ops).")
+              help="CPU plans to measure side by side, comma-separated: auto, native (the compiled kernels), "
+                   "native-int8 / native-int16 / native-float32 (them, with those activations in the quantized "
+                   "projections), mlx (MLX's own ops).")
 def bench_run(model: Path, device: str, dims: str | None, output: Path | None, quick: bool, threads: int | None, peers: str,
               st_model: Path | None, ggufs: tuple[Path, ...], shared: Path | None, no_quality: bool, kernels: str) -> None:
     """Latency, throughput, memory, downstream cost and quality of MODEL per dim and device, beside its peers."""

@@ -187,7 +187,8 @@ def load(
     dtype ("float32", or "bfloat16" where the backend is fast at it; float16 overflows in this model).
     How the network runs on MLX's default device is decided here, once (``backend.choose``; see
     ``model.plan``): ``kernels`` picks the CPU kernels ("auto", "native": the compiled ones, "mlx": MLX's
-    own operations), ``threads`` the threads they use (default: ``$MLX_EMBEDGEMMA_THREADS``, else the
+    own operations; "native-int8", "native-int16", "native-float32": the compiled ones with those activations
+    in the quantized projections, where the plan would choose), ``threads`` the threads they use (default: ``$MLX_EMBEDGEMMA_THREADS``, else the
     cores available to the process).
     """
     folder = Path(path).expanduser()  # str, pathlib.Path or any os.PathLike; relative to the working directory

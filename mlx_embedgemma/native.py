@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 # Weight storage kinds, as kernels.c numbers them.
 AFFINE, FLOAT32, BFLOAT16 = 0, 1, 2
+# Activation bits the quantized matmul takes: int8 and int8 + int8 residual (integer dot products), float32.
+ACTIVATIONS = (8, 16, 32)
 ENV_DISABLE = "MLX_EMBEDGEMMA_NATIVE"  # "0" turns the kernels off (the plan then uses MLX's ops)
 
 _HERE = Path(__file__).resolve().parent / "_native"
@@ -58,9 +60,10 @@ def _open() -> ctypes.CDLL | None:
     lib.eg_isas.restype = ctypes.c_char_p
     lib.eg_select_isa.argtypes, lib.eg_select_isa.restype = [ctypes.c_char_p], i32
     lib.eg_isa_runs.argtypes, lib.eg_isa_runs.restype = [ctypes.c_char_p], i32
+    lib.eg_has_int8.restype = i32
     lib.eg_threads.restype = i32
     lib.eg_set_threads.argtypes = [i32]
-    lib.eg_matmul.argtypes = [p, i64, i64, i32, p, p, p, i64, i32, i32, p]
+    lib.eg_matmul.argtypes = [p, i64, i64, i32, p, p, p, i64, i32, i32, i32, p]
     lib.eg_matmul.restype = i32
     lib.eg_gelu_mul.argtypes = [p, p, p, i64]
     lib.eg_attention.argtypes = [p, p, p, p, i64, i64, i64, i64, ctypes.c_float, i64, p]
@@ -107,6 +110,11 @@ def runnable_isas() -> list[str]:
     return [name for name in isas() if lib.eg_isa_runs(name.encode())]
 
 
+def has_int8() -> bool:
+    """Whether the kernel in use has integer dot products (int8 activations; AVX-512 VNNI)."""
+    return bool(_require().eg_has_int8())
+
+
 def select_isa(name: str) -> None:
     if not _require().eg_select_isa(name.encode()):
         raise ValueError(f"kernel {name!r} is not in this build or not supported by this CPU; built: {', '.join(isas())}")
@@ -129,15 +137,22 @@ def _ptr(a: np.ndarray | None) -> int | None:
 
 
 def matmul(x: np.ndarray, weight: np.ndarray, kind: int, N: int, K: int, out: np.ndarray,
-           scales: np.ndarray | None = None, biases: np.ndarray | None = None, group_size: int = 0, bits: int = 0) -> None:
+           scales: np.ndarray | None = None, biases: np.ndarray | None = None, group_size: int = 0, bits: int = 0,
+           activations: int = 32) -> None:
     """out (M, N) = x (M, K) @ W.T, W stored as ``kind`` (affine codes with float16 scales/biases, float32, bfloat16).
 
     ``weight``, ``scales`` and ``biases`` may be views of a memory-mapped file: they are read in place.
+    ``activations`` 8 or 16 rounds x per weight group to int8 (16: plus a second int8 for the rounding error)
+    for integer dot products, where the kernel has them (``has_int8()``) and the weights are affine; else,
+    and at 32, x stays float.
     """
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
     if x.dtype != np.float32 or out.dtype != np.float32 or x.shape[-1] != K or out.shape[-1] != N:
         raise ValueError(f"matmul shapes/dtypes: x {x.shape} {x.dtype}, out {out.shape} {out.dtype}, K={K}, N={N}")
     M = x.size // K
-    rc = _require().eg_matmul(_ptr(x), M, K, kind, _ptr(weight), _ptr(scales), _ptr(biases), N, group_size, bits, _ptr(out))
+    rc = _require().eg_matmul(_ptr(x), M, K, kind, _ptr(weight), _ptr(scales), _ptr(biases), N, group_size, bits,
+                              activations, _ptr(out))
     if rc:
         raise ValueError(f"native matmul cannot serve kind={kind}, bits={bits}, group_size={group_size}, K={K}")
 
@@ -200,7 +215,7 @@ class Block(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "radius", "positions")] + [
         ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("norm", ctypes.c_void_p * 6),
-        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("proj", Weights * 7)]
+        ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("proj", Weights * 7), ("activations", ctypes.c_int * 7)]
 
 
 def weights(kind: int, data: np.ndarray, K: int, scales: np.ndarray | None = None, biases: np.ndarray | None = None,

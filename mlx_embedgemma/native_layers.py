@@ -138,7 +138,7 @@ class NativeBlock(nn.Module):
 
     _tables: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def __init__(self, block: nn.Module, linears: dict[str, NativeLinear], eps: float):
+    def __init__(self, block: nn.Module, linears: dict[str, NativeLinear], eps: float, activations: int = 32):
         super().__init__()
         attn, rope = block.self_attn, block.self_attn.rope
         if rope.traditional or rope.scale != 1.0:
@@ -163,6 +163,7 @@ class NativeBlock(nn.Module):
         for i, lin in enumerate(order):
             w = lin._w
             args.proj[i] = native.weights(w.kind, w.weight, w.K, w.scales, w.biases, w.group_size, w.bits)
+            args.activations[i] = input_bits(activations, w)
         self._held = _BlockBuffers(linears, norms, args)
 
     def _table(self, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +198,17 @@ class NativeBlock(nn.Module):
             self.release()
             mx.clear_cache()  # a long pass: MLX's cached buffers would add to its peak
         return result(y, out)
+
+
+def input_bits(policy: int, w: _Weights) -> int:
+    """Bits of a projection's input under the plan's activation policy (``Plan.activations``): int8 inputs
+    meet 4-bit weights only; 8-bit weights get the int16 residual, since int8 rounding of the inputs is as
+    coarse as their own rounding and flipped close rankings of the q8 model (test_real_model)."""
+    if w.kind != native.AFFINE:
+        return 32
+    if policy == 8 and w.bits == 8:
+        return 16
+    return policy
 
 
 # The projections of one encoder block, in the order kernels.c's struct block lists them.

@@ -2,7 +2,7 @@
  * qemu-user): tests/test_native_kernels.py writes the inputs, runs this, and checks the outputs against
  * references computed on the host.
  *
- *   driver ISA THREADS matmul M K N KIND GROUP BITS X W SCALES BIASES OUT
+ *   driver ISA THREADS matmul M K N KIND GROUP BITS X W SCALES BIASES OUT [ACTIVATIONS]
  *   driver ISA THREADS attention B HQ HKV D SCALE RADIUS Q K V LENGTHS OUT   (T = sum of the int64 LENGTHS)
  *   driver ISA THREADS gelu N GATE UP OUT
  */
@@ -15,7 +15,7 @@ const char *eg_isa(void);
 int eg_select_isa(const char *name);
 void eg_set_threads(int n);
 int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
-              int64_t N, int group, int bits, float *y);
+              int64_t N, int group, int bits, int activations, float *y);
 int eg_attention(const float *q, const float *k, const float *v, const int64_t *len, int64_t B, int64_t Hq, int64_t Hkv,
                  int64_t D, float scale, int64_t radius, float *out);
 void eg_gelu_mul(const float *gate, const float *up, float *out, int64_t n);
@@ -48,11 +48,11 @@ int main(int argc, char **argv) {
     }
     eg_set_threads(atoi(argv[2]));
     const char *op = argv[3];
-    if (!strcmp(op, "matmul") && argc == 15) {
+    if (!strcmp(op, "matmul") && (argc == 15 || argc == 16)) {
         const int64_t M = atoll(argv[4]), K = atoll(argv[5]), N = atoll(argv[6]);
         float *y = malloc((size_t)(M * N) * sizeof(float));
         int rc = eg_matmul(slurp(argv[10]), M, K, atoi(argv[7]), slurp(argv[11]), slurp(argv[12]), slurp(argv[13]), N,
-                           atoi(argv[8]), atoi(argv[9]), y);
+                           atoi(argv[8]), atoi(argv[9]), argc == 16 ? atoi(argv[15]) : 32, y);
         spill(argv[14], y, (size_t)(M * N) * sizeof(float));
         return rc ? 1 : 0;
     }

@@ -78,9 +78,36 @@ def test_native_plan_equals_mlx_own_operations(folder, request):
     # summation order: after 4 layers of a 64-wide model that stays far below 1e-5, while a wrong
     # nibble order, scale or mask moves these unit vectors by 1e-2 or more.
     path = request.getfixturevalue(folder)
-    ours, theirs = load(path, kernels="native"), load(path, kernels="mlx")
+    ours, theirs = load(path, kernels="native-float32"), load(path, kernels="mlx")
     assert ours.plan.kernels == "native" and ours.plan.weights == "mapped" and theirs.plan.kernels == "mlx"
+    assert ours.plan.activations == 32
     np.testing.assert_allclose(ours.encode(TEXTS, batch_size=len(TEXTS)), theirs.encode(TEXTS, batch_size=len(TEXTS)), atol=1e-5)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"native kernels not built: {native.unavailable_reason()}")
+def test_the_plan_chooses_integer_activations_only_for_quantized_blocks_on_a_cpu_with_them(tiny_q4, tiny_f32):
+    quantized, floats = load(tiny_q4, kernels="native"), load(tiny_f32, kernels="native")
+    assert floats.plan.activations == 32
+    assert quantized.plan.activations == (8 if native.has_int8() else 32)
+    assert "activations" in quantized.plan.describe() and any("activations" in r for r in quantized.plan.reasons)
+    if native.has_int8():
+        assert load(tiny_q4, kernels="native-int16").plan.activations == 16
+    else:
+        with pytest.raises(ValueError, match="integer dot products"):
+            load(tiny_q4, kernels="native-int8")
+
+
+@pytest.mark.skipif(not native.available() or not native.has_int8(), reason="no integer dot products on this CPU")
+def test_integer_activations_stay_close_to_float_ones(tiny_q4):
+    # Rounding each group's activations to int8 moves every projection's input by at most 1/254 of the group's
+    # largest value; through the 4 random layers of the tiny model that moves the unit vectors by up to about
+    # 1e-2 (here: 8.5e-3), and about 256 times less with the int16 residual (3e-5). A mix-up of weights or
+    # activations moves them by 1e-1 or more.
+    texts = TEXTS
+    exact = load(tiny_q4, kernels="native-float32").encode(texts, batch_size=len(texts))
+    for kernels, tolerance in (("native-int16", 1e-4), ("native-int8", 2e-2)):
+        got = load(tiny_q4, kernels=kernels).encode(texts, batch_size=len(texts))
+        assert np.abs(got - exact).max() <= tolerance, kernels
 
 
 def test_linear_layers_are_read_in_place_on_the_native_plan(tiny_q4):

@@ -28,7 +28,7 @@
 #define SPIN_PAUSE() ((void)0)
 #endif
 
-#define EG_ABI_VERSION 2
+#define EG_ABI_VERSION 3
 
 enum { W_AFFINE = 0, W_F32 = 1, W_BF16 = 2 };
 
@@ -81,10 +81,20 @@ TARGET_PUSH("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #define ISA avx512
 #define VL 16
 #define BCAST(p) _mm512_set1_ps(*(p))
-#define GATHER32(base, offsets) _mm512_i32gather_epi32((__m512i)(offsets), (const void *)(base), 1)
 #include "kernels_impl.h"
 #undef BCAST
-#undef GATHER32
+#undef ISA
+#undef VL
+TARGET_POP
+
+TARGET_PUSH("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")
+#define ISA avx512vnni
+#define VL 16
+#define BCAST(p) _mm512_set1_ps(*(p))
+#define INT8_DOTS 1
+#include "kernels_impl.h"
+#undef INT8_DOTS
+#undef BCAST
 #undef ISA
 #undef VL
 TARGET_POP
@@ -93,10 +103,8 @@ TARGET_PUSH("avx2,fma")
 #define ISA avx2
 #define VL 8
 #define BCAST(p) _mm256_set1_ps(*(p))
-#define GATHER32(base, offsets) _mm256_i32gather_epi32((const int *)(const void *)(base), (__m256i)(offsets), 1)
 #include "kernels_impl.h"
 #undef BCAST
-#undef GATHER32
 #undef ISA
 #undef VL
 TARGET_POP
@@ -126,7 +134,8 @@ TARGET_POP
 struct isa {
     const char *name;
     void (*matmul_dots)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
-    void (*matmul_outer)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *);
+    void (*matmul_outer)(const struct weights *, const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
+                         int);
     size_t (*outer_scratch)(int64_t, int64_t);
     int (*outer_rows)(void);
     void (*gelu_mul)(const float *, const float *, float *, int64_t);
@@ -134,11 +143,18 @@ struct isa {
                          float, int64_t, float *, int64_t, float *);
     void (*rms_norm)(const float *, const float *, float *, int64_t, int64_t, float);
     void (*rope)(float *, const float *, const float *, int64_t, int64_t);
+    /* int8 activations (NULL where the instruction set has no integer dot products) */
+    void (*quantize_tokens)(const float *, int64_t, int64_t, int64_t, int, int, int8_t *, int8_t *, float *, float *);
+    void (*matmul_int8)(const struct weights *, const int8_t *, const int8_t *, const float *, const float *, int64_t, int64_t, int64_t,
+                        int64_t, float *, int64_t, float *);
+    size_t (*int8_scratch)(int64_t, int);
 };
 
-#define ISA_ENTRY(s) {#s, matmul_dots_##s, matmul_outer_##s, outer_scratch_##s, outer_rows_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s}
+#define ISA_ENTRY(s) {#s, matmul_dots_##s, matmul_outer_##s, outer_scratch_##s, outer_rows_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s, NULL, NULL, NULL}
+#define ISA_ENTRY_INT8(s) {#s, matmul_dots_##s, matmul_outer_##s, outer_scratch_##s, outer_rows_##s, gelu_mul_##s, attend_block_##s, rms_norm_##s, rope_##s, quantize_tokens_##s, matmul_int8_##s, int8_scratch_##s}
 static const struct isa ISAS[] = {
 #if defined(__x86_64__)
+    ISA_ENTRY_INT8(avx512vnni),
     ISA_ENTRY(avx512),
     ISA_ENTRY(avx2),
 #endif
@@ -151,6 +167,10 @@ static const struct isa ISAS[] = {
 
 static int isa_supported(const struct isa *isa) {
 #if defined(__x86_64__)
+    if (!strcmp(isa->name, "avx512vnni"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
     if (!strcmp(isa->name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
@@ -347,6 +367,9 @@ int eg_select_isa(const char *name) {
     return 0;
 }
 
+/* 1 if the kernel in use has integer dot products (activations 8 and 16 of eg_matmul / struct block). */
+int eg_has_int8(void) { return isa_now()->matmul_int8 != NULL; }
+
 int eg_threads(void) { return pool.threads; }
 
 void eg_set_threads(int n) {
@@ -366,7 +389,14 @@ struct matmul_job {
     const float *x;
     float *y;
     int64_t M, N, m_block, n_block, n_tiles;
+    unsigned long id; /* tells a thread's packed tokens from a previous job's */
 };
+
+static atomic_ulong matmul_jobs;
+/* The job and token tile whose packed tokens this thread's scratch holds: the tasks of one tile (one per
+ * slice of N) are taken in a row, and repacking the tokens for each cost a fifth of a query's matmul time. */
+static __thread unsigned long packed_job;
+static __thread int64_t packed_m0 = -1;
 
 /* Fewer tokens than this take the dot-product path: an outer-product block would be mostly padding. */
 #define OUTER_MIN_TOKENS 4
@@ -377,8 +407,13 @@ static void matmul_task(void *p, int64_t t, float **scratch, size_t *capacity) {
     const int64_t m1 = m0 + j->m_block < j->M ? m0 + j->m_block : j->M, n1 = n0 + j->n_block < j->N ? n0 + j->n_block : j->N;
     const struct isa *isa = isa_now();
     if (j->M >= OUTER_MIN_TOKENS) {
+        float *const before = *scratch;
         float *buf = scratch_of(scratch, capacity, isa->outer_scratch(m1 - m0, j->w.K));
-        if (buf) isa->matmul_outer(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf);
+        if (!buf) return;
+        const int packed = buf == before && packed_job == j->id && packed_m0 == m0;
+        isa->matmul_outer(&j->w, j->x, m0, m1, n0, n1, j->y, j->N, buf, packed);
+        packed_job = j->id;
+        packed_m0 = m0;
         return;
     }
     float *buf = j->w.kind == W_F32 ? NULL : scratch_of(scratch, capacity, (size_t)(8 * j->w.K)); /* ROWS <= 8 */
@@ -397,9 +432,74 @@ static int weights_ok(const struct weights *w) {
     return 1;
 }
 
-static void matmul(const struct weights *w, const float *x, int64_t M, int64_t N, float *y) {
+/* ---- int8 activations: each token's values rounded once per matmul, then shared by every task */
+
+struct quantize_job {
+    const float *x;
+    int64_t M, K, per_task;
+    int group, bits;
+    int8_t *q, *q2;
+    float *dx, *sum;
+};
+
+static void quantize_task(void *p, int64_t t, float **scratch, size_t *capacity) {
+    (void)scratch, (void)capacity;
+    const struct quantize_job *j = p;
+    const int64_t m0 = t * j->per_task, m1 = m0 + j->per_task < j->M ? m0 + j->per_task : j->M;
+    isa_now()->quantize_tokens(j->x, m0, m1, j->K, j->group, j->bits, j->q, j->q2, j->dx, j->sum);
+}
+
+struct int8_job {
+    struct weights w;
+    const int8_t *q, *q2;
+    const float *dx, *sum;
+    float *y;
+    int64_t M, N, m_block, n_block, n_tiles;
+};
+
+static void int8_task(void *p, int64_t t, float **scratch, size_t *capacity) {
+    const struct int8_job *j = p;
+    const int64_t m0 = (t / j->n_tiles) * j->m_block, n0 = (t % j->n_tiles) * j->n_block;
+    const int64_t m1 = m0 + j->m_block < j->M ? m0 + j->m_block : j->M, n1 = n0 + j->n_block < j->N ? n0 + j->n_block : j->N;
+    const struct isa *isa = isa_now();
+    float *buf = scratch_of(scratch, capacity, isa->int8_scratch(j->w.K, j->w.group));
+    if (buf) isa->matmul_int8(&j->w, j->q, j->q2, j->dx, j->sum, m0, m1, n0, n1, j->y, j->N, buf);
+}
+
+/* The calling thread's rounded activations, kept for the next call (a pass makes ~170 of them). */
+static __thread void *int8_buf;
+static __thread size_t int8_capacity;
+
+/* 1 if the integer path served the call; 0 if this CPU or these weights need the float path.
+ * activations 8: int8 per group; 16: int8 plus a second int8 for its rounding error (16 bits, twice the dot
+ * products). */
+static int matmul_int8(const struct weights *w, const float *x, int64_t M, int64_t N, float *y, int64_t n_block,
+                       int64_t n_tiles, int64_t m_tiles, int activations) {
+    const struct isa *isa = isa_now();
+    if (!isa->matmul_int8 || w->kind != W_AFFINE || w->group % 16 || (activations != 8 && activations != 16)) return 0;
+    const int64_t G = w->K / w->group;
+    const int residual = activations == 16;
+    const size_t bytes = 2 * (size_t)M * (size_t)w->K + 2 * (size_t)M * (size_t)G * sizeof(float);
+    if (int8_capacity < bytes) {
+        free(int8_buf);
+        int8_buf = malloc(bytes);
+        int8_capacity = int8_buf ? bytes : 0;
+        if (!int8_buf) return 0;
+    }
+    float *dx = int8_buf, *sum = dx + M * G;
+    int8_t *q = (int8_t *)(sum + M * G), *q2 = residual ? q + M * w->K : NULL;
+    const int64_t per_task = M < 16 ? M : (M + 4 * pool.threads - 1) / (4 * pool.threads);
+    struct quantize_job qj = {x, M, w->K, per_task, w->group, w->bits, q, q2, dx, sum};
+    run(quantize_task, &qj, (M + per_task - 1) / per_task);
+    struct int8_job j = {*w, q, q2, dx, sum, y, M, N, M_BLOCK, n_block, n_tiles};
+    run(int8_task, &j, m_tiles * n_tiles);
+    return 1;
+}
+
+/* activations: 32 (float), or 8 / 16 for the integer path where the CPU has one (see matmul_int8). */
+static void matmul(const struct weights *w, const float *x, int64_t M, int64_t N, float *y, int activations) {
     if (M <= 0) return;
-    struct matmul_job j = {*w, x, y, M, N, M_BLOCK, 0, 0};
+    struct matmul_job j = {*w, x, y, M, N, M_BLOCK, 0, 0, atomic_fetch_add(&matmul_jobs, 1) + 1};
     const int64_t m_tiles = (M + M_BLOCK - 1) / M_BLOCK;
     /* about four tiles per thread for balance, in whole panels */
     const int64_t unit = isa_now()->outer_rows();
@@ -409,16 +509,18 @@ static void matmul(const struct weights *w, const float *x, int64_t M, int64_t N
     n_block = (n_block + unit - 1) / unit * unit;
     j.n_block = n_block;
     j.n_tiles = (N + n_block - 1) / n_block;
+    if (matmul_int8(w, x, M, N, y, j.n_block, j.n_tiles, m_tiles, activations)) return;
     run(matmul_task, &j, m_tiles * j.n_tiles);
 }
 
 /* y (M x N) = x (M x K) @ W.T for W of `kind`: affine codes with float16 scales and biases (bits 4 or 8,
- * group 32/64/128), float32, or bfloat16. Returns 0, or -1 for arguments it cannot serve. */
+ * group 32/64/128), float32, or bfloat16. activations: 32, 16 or 8 (see matmul). Returns 0, or -1 for
+ * arguments it cannot serve. */
 int eg_matmul(const float *x, int64_t M, int64_t K, int kind, const void *w, const void *scales, const void *biases,
-              int64_t N, int group, int bits, float *y) {
+              int64_t N, int group, int bits, int activations, float *y) {
     const struct weights wt = {kind, w, scales, biases, K, group, bits};
-    if (M < 0 || N <= 0 || !weights_ok(&wt)) return -1;
-    matmul(&wt, x, M, N, y);
+    if (M < 0 || N <= 0 || !weights_ok(&wt) || (activations != 8 && activations != 16 && activations != 32)) return -1;
+    matmul(&wt, x, M, N, y, activations);
     return 0;
 }
 
@@ -551,6 +653,7 @@ struct block {
     const float *cos_, *sin_;
     /* q, k, v, o, gate, up, down */
     struct weights proj[7];
+    int activations[7]; /* of each projection's input: 32, 16 or 8 (see matmul) */
 };
 
 enum { Q, K, V, O, GATE, UP, DOWN };
@@ -591,7 +694,9 @@ int eg_block(const struct block *a, const float *in, float *out, int64_t B, int6
         if (len[b] > L) return -1;
     const int64_t in_of[7] = {H, H, H, qw, H, H, I};
     for (int i = 0; i < 7; i++)
-        if (!weights_ok(&a->proj[i]) || a->proj[i].K != in_of[i]) return -1;
+        if (!weights_ok(&a->proj[i]) || a->proj[i].K != in_of[i] ||
+            (a->activations[i] != 8 && a->activations[i] != 16 && a->activations[i] != 32))
+            return -1;
     struct packing seqs;
     if (!packing_of(&seqs, B, len)) return -3;
     /* xn: the normed input of each half; then the work area, reused: q k v and attention's output, later
@@ -607,22 +712,22 @@ int eg_block(const struct block *a, const float *in, float *out, int64_t B, int6
     pack(in, x, &seqs, L, H);
 
     isa_now()->rms_norm(x, a->norm[0], xn, T, H, a->eps);
-    matmul(&a->proj[Q], xn, T, qw, q);
-    matmul(&a->proj[K], xn, T, kw, k);
-    matmul(&a->proj[V], xn, T, kw, v);
+    matmul(&a->proj[Q], xn, T, qw, q, a->activations[Q]);
+    matmul(&a->proj[K], xn, T, kw, k, a->activations[K]);
+    matmul(&a->proj[V], xn, T, kw, v, a->activations[V]);
     isa_now()->rms_norm(q, a->norm[4], q, T * a->heads, hd, a->eps);
     isa_now()->rms_norm(k, a->norm[5], k, T * a->kv_heads, hd, a->eps);
     rope(q, &seqs, a->heads, hd, a->cos_, a->sin_);
     rope(k, &seqs, a->kv_heads, hd, a->cos_, a->sin_);
     attention(q, k, v, &seqs, a->heads, a->kv_heads, hd, a->scale, a->radius, att);
-    matmul(&a->proj[O], att, T, H, xn);
+    matmul(&a->proj[O], att, T, H, xn, a->activations[O]);
     add_normed(x, xn, a->norm[1], T, H, a->eps);
 
     isa_now()->rms_norm(x, a->norm[2], xn, T, H, a->eps);
-    matmul(&a->proj[GATE], xn, T, I, gate);
-    matmul(&a->proj[UP], xn, T, I, up);
+    matmul(&a->proj[GATE], xn, T, I, gate, a->activations[GATE]);
+    matmul(&a->proj[UP], xn, T, I, up, a->activations[UP]);
     eg_gelu_mul(gate, up, up, T * I);
-    matmul(&a->proj[DOWN], up, T, H, xn);
+    matmul(&a->proj[DOWN], up, T, H, xn, a->activations[DOWN]);
     add_normed(x, xn, a->norm[3], T, H, a->eps);
 
     unpack(x, &seqs, L, H);

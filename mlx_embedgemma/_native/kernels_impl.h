@@ -78,15 +78,34 @@ static inline float FN(hsum)(vf v) {
 #endif
 }
 
-/* The 32-bit words at base + offsets[lane] (unaligned), for the first `live` lanes; zero after. */
-static inline vu FN(gather)(const uint8_t *base, vi offsets, int live) {
-#ifdef GATHER32
-    if (live == VL) return (vu)GATHER32(base, offsets); /* the ISA's gather instruction, set by kernels.c */
+/* Interleaves of two vectors' lanes: lo = a0 b0 a1 b1 ... (first halves), hi = the second halves. */
+#if VL == 16
+#define ZIP_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define ZIP_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#elif VL == 8
+#define ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
+#define ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
+#else
+#define ZIP_LO 0, 4, 1, 5
+#define ZIP_HI 2, 6, 3, 7
 #endif
-    vu v = {0};
-    for (int r = 0; r < live; r++) memcpy((uint32_t *)&v + r, base + offsets[r], 4);
-    return v;
+
+/* m[j][r] = old m[r][j]: VL x VL words transposed in registers. Each round sends row i and row i + VL/2 to
+ * rows 2i and 2i + 1, interleaved; that rotates the bits of every lane's (row, column) address by one, so
+ * log2(VL) rounds swap row and column. One two-source permute per row and round on AVX-512 (zip on NEON),
+ * where gathering one word from each of VL rows cost more than all the arithmetic on it. */
+static inline void FN(transpose)(vu m[VL]) {
+    for (int round = 1; round < VL; round *= 2) {
+        vu t[VL];
+        for (int i = 0; i < VL / 2; i++) {
+            t[2 * i] = __builtin_shufflevector(m[i], m[i + VL / 2], ZIP_LO);
+            t[2 * i + 1] = __builtin_shufflevector(m[i], m[i + VL / 2], ZIP_HI);
+        }
+        memcpy(m, t, sizeof t);
+    }
 }
+#undef ZIP_LO
+#undef ZIP_HI
 
 /* float16 bit patterns (one per lane) to floats, exactly: the magnitude bits moved to a float's place and
  * scaled by 2^112 (which also makes subnormals right); infinities and NaNs keep an all-ones exponent. */
@@ -233,6 +252,49 @@ static void FN(matmul_dots)(const struct weights *w, const float *x, int64_t m0,
  * tokens runs through it. A multiple of every group size. */
 #define KC 128
 
+/* The quantized part of a panel: rows n .. n + live - 1 (live <= VL) of columns k0 .. k1 - 1 as floats, row r in
+ * lane r: out[k * NR + r] (out already offset by -k0 * NR). Codes are read as 32-bit words, one word per lane:
+ * whole chunks of VL words per row are loaded contiguously and transposed in registers; a partial chunk
+ * (fewer than VL rows, or a short tail of K) is read word by word. */
+static void FN(pack_codes)(const struct weights *w, int64_t n, int live, int64_t k0, int64_t k1, float *out) {
+    const int64_t K = w->K, groups = K / w->group, row_bytes = K * w->bits / 8;
+    const uint8_t *src = (const uint8_t *)w->data + n * row_bytes;
+    const int per_word = 32 / w->bits, words_per_group = (int)(w->group / per_word);
+    const int64_t w0 = k0 / per_word, w1 = k1 / per_word; /* the words of each row this panel covers */
+    vf sc = {0}, bi = {0};
+    for (int64_t c = w0; c < w1; c += VL) {
+        const int chunk = (int)(w1 - c < VL ? w1 - c : VL);
+        vu words[VL];
+        if (live == VL && chunk == VL) {
+            for (int r = 0; r < VL; r++) memcpy(&words[r], src + r * row_bytes + c * 4, sizeof(vu));
+            FN(transpose)(words);
+        } else {
+            for (int j = 0; j < chunk; j++) {
+                words[j] = (vu){0};
+                for (int r = 0; r < live; r++) memcpy((uint32_t *)&words[j] + r, src + r * row_bytes + (c + j) * 4, 4);
+            }
+        }
+        for (int j = 0; j < chunk; j++) {
+            const int64_t word = c + j;
+            if (word % words_per_group == 0 || j == 0) { /* a new group: its scales and biases, one per row */
+                const int64_t g = word / words_per_group;
+                vu hs = {0}, hb = {0};
+                for (int r = 0; r < live; r++) {
+                    hs[r] = w->scales[(n + r) * groups + g];
+                    hb[r] = w->biases[(n + r) * groups + g];
+                }
+                sc = FN(halves)(hs);
+                bi = FN(halves)(hb);
+            }
+            float *o = out + word * per_word * NR;
+            if (w->bits == 4) /* constant shifts, unrolled */
+                for (int i = 0; i < 8; i++) FN(store)(o + i * NR, __builtin_convertvector((vi)((words[j] >> (4 * i)) & 0xF), vf) * sc + bi);
+            else
+                for (int i = 0; i < 4; i++) FN(store)(o + i * NR, __builtin_convertvector((vi)((words[j] >> (8 * i)) & 0xFF), vf) * sc + bi);
+        }
+    }
+}
+
 /* panel[(k - k0) * NR + j] = W[n + j][k] for j < rows (rows past the end: zero), k0 <= k < k1. */
 static void FN(pack_panel)(const struct weights *w, int64_t n, int rows, int64_t k0, int64_t k1, float *panel) {
     const int64_t K = w->K;
@@ -258,28 +320,7 @@ static void FN(pack_panel)(const struct weights *w, int64_t n, int rows, int64_t
                 FN(store)(out + k * NR, f);
             }
         } else {
-            const int64_t groups = K / w->group, row_bytes = K * w->bits / 8;
-            const uint8_t *src = (const uint8_t *)w->data + (n + jb) * row_bytes;
-            const int per_word = 32 / w->bits;
-            const uint32_t mask = (1u << w->bits) - 1;
-            vi offsets = {0};
-            for (int r = 0; r < VL; r++) offsets[r] = (int32_t)(r < live ? r * row_bytes : 0);
-            for (int64_t g = k0 / w->group; g < k1 / w->group; g++) {
-                vu hs = {0}, hb = {0};
-                for (int r = 0; r < live; r++) {
-                    hs[r] = w->scales[(n + jb + r) * groups + g];
-                    hb[r] = w->biases[(n + jb + r) * groups + g];
-                }
-                const vf sc = FN(halves)(hs), bi = FN(halves)(hb);
-                for (int64_t k = g * w->group; k < (g + 1) * w->group; k += per_word) {
-                    /* lane r: the word holding row r's codes for k .. k + per_word - 1 */
-                    const vu words = FN(gather)(src + k * w->bits / 8, offsets, live);
-                    for (int i = 0; i < per_word; i++) {
-                        const vi q = (vi)((words >> (uint32_t)(i * w->bits)) & mask);
-                        FN(store)(out + (k + i) * NR, __builtin_convertvector(q, vf) * sc + bi);
-                    }
-                }
-            }
+            FN(pack_codes)(w, n + jb, live, k0, k1, out);
         }
     }
 }
@@ -321,18 +362,21 @@ static void FN(outer_block)(const float *xp, const float *panel, int64_t kc, int
 static size_t FN(outer_scratch)(int64_t m, int64_t K) { return (size_t)(((m + MR - 1) / MR) * MR * K + NR * KC); }
 static int FN(outer_rows)(void) { return NR; }
 
+/* `packed`: buf already holds these tokens packed (this thread's previous tile of the same job). */
 static void FN(matmul_outer)(const struct weights *w, const float *x, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                             float *y, int64_t N, float *buf) {
+                             float *y, int64_t N, float *buf, int packed) {
     const int64_t K = w->K, blocks = (m1 - m0 + MR - 1) / MR;
     float *xp = buf, *panel = buf + blocks * MR * K;
-    for (int64_t b = 0; b < blocks; b++) {
+    for (int64_t b = 0; b < blocks && !packed; b++) {
         const int64_t m = m0 + b * MR;
         FN(pack_tokens)(x + m * K, K, (int)(m1 - m < MR ? m1 - m : MR), xp + b * MR * K);
     }
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int64_t k1 = k0 + KC < K ? k0 + KC : K;
-        for (int64_t n = n0; n < n1; n += NR) {
-            const int cols = (int)(n1 - n < NR ? n1 - n : NR);
+    /* Panels along K inside each slab of NR rows: every row's codes are read front to back, which the
+     * hardware prefetchers follow (K outermost read one cache line per row per panel, strided, and stalled). */
+    for (int64_t n = n0; n < n1; n += NR) {
+        const int cols = (int)(n1 - n < NR ? n1 - n : NR);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t k1 = k0 + KC < K ? k0 + KC : K;
             FN(pack_panel)(w, n, cols, k0, k1, panel);
             for (int64_t b = 0; b < blocks; b++) {
                 const int64_t m = m0 + b * MR;
@@ -516,6 +560,10 @@ static void FN(rope)(float *x, const float *c, const float *s, int64_t heads, in
         }
     }
 }
+
+#ifdef INT8_DOTS
+#include "kernels_int8.h"
+#endif
 
 #undef vf
 #undef vu
