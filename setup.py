@@ -28,7 +28,7 @@ flags = [] if sys.platform == "win32" else ["-O3", "-std=gnu11", "-fno-math-errn
 kernels = Extension(
     "mlx_embedgemma._native.eg_kernels",
     sources=["mlx_embedgemma/_native/kernels.c"],
-    depends=["mlx_embedgemma/_native/kernels_impl.h"],
+    depends=["mlx_embedgemma/_native/kernels_impl.h", "mlx_embedgemma/_native/kernels_int8.h"],
     extra_compile_args=flags,
     extra_link_args=[] if sys.platform == "win32" else ["-pthread", "-lm"],
     optional=True,
