@@ -227,7 +227,9 @@ def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> 
                 swaps.append((name, nl.NativeBlock(module, inner, network.args.rms_norm_eps, plan.activations)))
                 fused.append(name + ".")
             elif isinstance(module, (nn.Linear, nn.QuantizedLinear)) and plan.linear == "native":
-                swaps.append((name, linear(name, module)))
+                lin = linear(name, module)
+                lin.input_bits = nl.input_bits(plan.activations, lin._w, in_block=False)
+                swaps.append((name, lin))
     elif plan.linear == "mlx-dequantized":
         swaps = [(name, _dequantized(m)) for name, m in network.named_modules() if isinstance(m, nn.QuantizedLinear)]
     modules = dict(network.named_modules())

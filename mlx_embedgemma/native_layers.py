@@ -80,6 +80,7 @@ class NativeLinear(nn.Module):
         self._w = w
         self._file = _File(file, names)
         self.release_after_call = False
+        self.input_bits = 32  # of its input (native.matmul's activations); the plan sets it
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "NativeLinear":
@@ -117,7 +118,7 @@ class NativeLinear(nn.Module):
         w = self._w
         xs = host(x.astype(mx.float32))
         y, out = output(x.shape[:-1] + (w.N,))
-        native.matmul(xs, w.weight, w.kind, w.N, w.K, out, w.scales, w.biases, w.group_size, w.bits)
+        native.matmul(xs, w.weight, w.kind, w.N, w.K, out, w.scales, w.biases, w.group_size, w.bits, self.input_bits)
         if self.release_after_call:
             self.release()
             mx.clear_cache()  # a long pass: MLX's cached buffers of the last layer would add to its peak
@@ -200,13 +201,15 @@ class NativeBlock(nn.Module):
         return result(y, out)
 
 
-def input_bits(policy: int, w: _Weights) -> int:
-    """Bits of a projection's input under the plan's activation policy (``Plan.activations``): int8 inputs
-    meet 4-bit weights only; 8-bit weights get the int16 residual, since int8 rounding of the inputs is as
-    coarse as their own rounding and flipped close rankings of the q8 model (test_real_model)."""
-    if w.kind != native.AFFINE:
+def input_bits(policy: int, w: _Weights, in_block: bool = True) -> int:
+    """Bits of a Linear layer's input under the plan's activation policy (``Plan.activations``): int8 inputs
+    meet 4-bit weights inside the encoder blocks only. 8-bit weights get the int16 residual, since int8
+    rounding of the inputs is as coarse as their own and flipped close rankings of the q8 model
+    (test_real_model); so does the Dense head (one pooled vector per text), where int8 inputs cost most of
+    int8's loss of cosine to the reference (measured on q4-mixed)."""
+    if w.kind != native.AFFINE or policy == 32:
         return 32
-    if policy == 8 and w.bits == 8:
+    if w.bits == 8 or not in_block:
         return 16
     return policy
 

@@ -71,12 +71,15 @@ static void FN(quantize_tokens)(const float *x, int64_t m0, int64_t m1, int64_t 
 /* The slab of 16 weight rows n .. n + live - 1, all of K, as the tile below reads it: per code word, the
  * unsigned bytes of 16 rows (4-bit: the even codes' vector, then the odd codes'), and per group the 16
  * rows' scales and biases as floats. Rows past `live` are zero. */
-static void FN(pack_slab_int8)(const struct weights *w, int64_t n, int live, __m512i *codes, __m512 *scales,
-                               __m512 *biases) {
+static void FN(pack_slab_int8)(const struct weights *w, int64_t n, int live, int next_live, __m512i *codes,
+                               __m512 *scales, __m512 *biases) {
     const int64_t K = w->K, G = K / w->group, row_bytes = K * w->bits / 8, words = K * w->bits / 32;
-    const uint8_t *src = (const uint8_t *)w->data + n * row_bytes;
+    const uint8_t *src = (const uint8_t *)w->data + n * row_bytes, *next = src + VL * row_bytes;
     for (int64_t c = 0; c < words; c += VL) {
         const int chunk = (int)(words - c < VL ? words - c : VL);
+        /* The next slab's codes on their way to the cache while this one is worked on: waiting for weights
+         * that come from memory was the largest single cost of a query. */
+        for (int r = 0; r < next_live; r++) __builtin_prefetch(next + r * row_bytes + c * 4);
         vu m[VL];
         if (live == VL && chunk == VL) {
             for (int r = 0; r < VL; r++) memcpy(&m[r], src + r * row_bytes + c * 4, sizeof(vu));
@@ -175,7 +178,8 @@ static void FN(matmul_int8)(const struct weights *w, const int8_t *xq, const int
     __m512 *scales = (__m512 *)(codes + K / 4), *biases = scales + G;
     for (int64_t n = n0; n < n1; n += VL) {
         const int cols = (int)(n1 - n < VL ? n1 - n : VL);
-        FN(pack_slab_int8)(w, n, cols, codes, scales, biases);
+        const int64_t after = n1 - (n + VL);
+        FN(pack_slab_int8)(w, n, cols, (int)(after <= 0 ? 0 : after < VL ? after : VL), codes, scales, biases);
         for (int64_t m = m0; m < m1; m += MRQ) {
             const int mr = (int)(m1 - m < MRQ ? m1 - m : MRQ);
             const int8_t *xt = xq + m * K, *xt2 = xq2 ? xq2 + m * K : NULL;
