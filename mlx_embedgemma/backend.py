@@ -196,10 +196,10 @@ def _activations(kernels: str, fused_quantized: bool) -> tuple[int, str]:
         return 32, "float32 activations: float weights, or unfused blocks"
     if not native.has_int8():
         return 32, f"float32 activations: the {native.isa()} kernel has no integer dot products"
-    return 8, ("int8 activations (per weight group) in the blocks' quantized projections, through the integer dot "
-               "products of AVX-512 VNNI: a query about 1.5x faster than float activations for a small loss of cosine "
-               "to the reference (measured on Linux x86-64: bench --kernels native-int8,native-int16,native-float32); "
-               "the Dense head and float weights keep float32 activations")
+    return 8, ("int8 activations (rounded per weight group) into the blocks' 4-bit projections, through the integer "
+               "dot products of AVX-512 VNNI; 8-bit projections and the Dense head get int16 (int8 plus its rounding "
+               "error), float weights float32: faster than float activations at a small loss of cosine to the "
+               "reference (measured on Linux x86-64: bench --kernels native-int8,native-int16,native-float32)")
 
 
 def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> list[tuple[str, nn.Module]]:
