@@ -5,7 +5,8 @@
 One layer of EmbeddingGemma (q, k, v, o, gate, up, down: 5.3 M weights, group 64), random weights, times
 taken as the best of several runs of all seven products. Used to choose the register blocking (ROWS x
 TOKENS of the dot-product path, MR x NR of the outer-product path in _native/kernels_impl.h) and to see
-what each instruction set gives on a machine.
+what each instruction set gives on a machine; an instruction set with integer dot products is measured
+with int8, int16 and float32 activations.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def layer(bits: int, rng) -> list[tuple]:
     return mats
 
 
-def run(mats, isa: str, M: int, bits: int, repeats: int, rng) -> float:
+def run(mats, isa: str, M: int, bits: int, activations: int, repeats: int, rng) -> float:
     native.select_isa(isa)
     xs = [rng.standard_normal((M, K)).astype(np.float32) for *_, N, K in mats]
     outs = [np.empty((M, N), np.float32) for *_, N, K in mats]
@@ -42,9 +43,14 @@ def run(mats, isa: str, M: int, bits: int, repeats: int, rng) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         for (codes, s, b, N, K), x, y in zip(mats, xs, outs):
-            native.matmul(x, codes, native.AFFINE, N, K, y, s, b, 64, bits)
+            native.matmul(x, codes, native.AFFINE, N, K, y, s, b, 64, bits, activations)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def activation_bits(isa: str) -> tuple[int, ...]:
+    native.select_isa(isa)
+    return (8, 16, 32) if native.has_int8() else (32,)
 
 
 def main() -> None:
@@ -61,13 +67,13 @@ def main() -> None:
         machine = fingerprint(mx.Device(mx.cpu), threads)
         for bits in map(int, args.bits.split(",")):
             mats = layer(bits, rng)
-            for isa in runnable:
+            for isa, activations in [(i, a) for i in runnable for a in activation_bits(i)]:
                 for M in TOKENS:
-                    seconds = run(mats, isa, M, bits, 3 if M >= 1024 else 7, rng)
+                    seconds = run(mats, isa, M, bits, activations, 3 if M >= 1024 else 7, rng)
                     flops = sum(2 * M * N * K for *_, N, K in mats)
-                    record = {"kind": "kernel", "isa": isa, "bits": bits, "group_size": 64, "tokens": M, "threads": threads,
-                              "layer_ms": round(seconds * 1000, 3), "gflops": round(flops / seconds / 1e9, 2),
-                              "fingerprint": machine}
+                    record = {"kind": "kernel", "isa": isa, "activations": activations, "bits": bits, "group_size": 64,
+                              "tokens": M, "threads": threads, "layer_ms": round(seconds * 1000, 3),
+                              "gflops": round(flops / seconds / 1e9, 2), "fingerprint": machine}
                     print(json.dumps({k: v for k, v in record.items() if k != "fingerprint"}), flush=True)
                     if args.output:
                         with args.output.open("a", encoding="utf-8") as f:
