@@ -22,7 +22,7 @@ from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
 
 from . import community, gptq, recipes
-from .calibration import calibration_texts, collect_hessians
+from .calibration import CALIBRATION_FILE, calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
@@ -145,9 +145,9 @@ def write_model(
     reference = check.embed_probes(float_model, probes)
     hessians = {}
     if plan is not None and plan.gptq:
-        texts = calibration_texts()
-        log(f"collecting GPTQ statistics on {len(texts)} calibration texts")
-        hessians = collect_hessians(float_model, texts)
+        texts = calibration_texts(limit=None, path=CALIBRATION_FILE.with_name(plan.calibration))
+        log(f"collecting GPTQ statistics on {len(texts)} calibration texts ({plan.calibration})")
+        hessians = collect_hessians(float_model, texts, plan.calibration_tokens, plan.sample_tokens)
     backend.restore(network, replaced)
 
     if plan is not None:
@@ -155,7 +155,7 @@ def write_model(
         config["quantization"] = plan.quantization(network)
         originals = dict(tree_flatten(network.parameters()))
         precision.quantize(network, config["quantization"])
-        gptq.apply(network, originals, hessians)
+        gptq.apply(network, originals, hessians, clip_grid=plan.clip_grid if plan.gptq else 0)
         del originals
     else:
         precision.cast_floats(network, precision.DTYPES[dtype])

@@ -21,52 +21,78 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def quantize(
-    weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, damp: float = 0.01, block: int = 128
+    weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, damp: float = 0.01, block: int = 128,
+    clip_grid: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GPTQ-quantize ``weight`` (out, in) given ``hessian`` (in, in); returns packed codes, scales, biases."""
+    """GPTQ-quantize ``weight`` (out, in) given ``hessian`` (in, in); returns packed codes, scales, biases.
+
+    ``clip_grid`` > 0 searches each group's range: its min and max scaled by 1 - 0.5·k/clip_grid for
+    k = 0 .. clip_grid-1, keeping per row the range whose squared rounding error on that group is least
+    (as GPTQ's reference code does with ``mse=True``); 0 uses the min and max as they are.
+    """
     if bits not in PACKABLE_BITS:
         raise ValueError(f"GPTQ rounding supports bits {PACKABLE_BITS}, got {bits}")
     out_features, in_features = weight.shape
     if in_features % group_size or block % group_size:
         raise ValueError(f"input size {in_features} and block {block} must be multiples of group size {group_size}")
-    W = weight.astype(np.float64, copy=True)
+    # Transposed: row i of W is input column i, so each step's updates run over contiguous memory.
+    W = weight.astype(np.float64).T.copy()
     H = hessian.astype(np.float64, copy=True)
     dead = np.diag(H) == 0  # inputs that never fire carry no information: quantize them to anything
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    W[dead, :] = 0.0
     H += damp * np.mean(np.diag(H)) * np.eye(in_features)
     # Upper Cholesky factor of H⁻¹: row i holds how column i's error spreads onto columns after it.
     Hinv = np.linalg.cholesky(np.linalg.inv(H)).T
 
     top = 2**bits - 1
-    codes = np.zeros((out_features, in_features), np.uint32)
-    scales = np.zeros((out_features, in_features // group_size), np.float16)
+    codes = np.zeros((in_features, out_features), np.uint32)
+    scales = np.zeros((in_features // group_size, out_features), np.float16)
     biases = np.zeros_like(scales)
     for start in range(0, in_features, block):
         end = min(start + block, in_features)
-        W1, Hinv1 = W[:, start:end], Hinv[start:end, start:end]
+        W1, Hinv1 = W[start:end], Hinv[start:end, start:end]
         errors = np.zeros_like(W1)
         for i in range(end - start):
             col = start + i
             if col % group_size == 0:
-                group = W1[:, i : i + group_size]
-                lo, hi = group.min(axis=1), group.max(axis=1)
                 g = col // group_size
-                scales[:, g] = np.where(hi > lo, (hi - lo) / top, 1.0)
-                biases[:, g] = lo
+                scales[g], biases[g] = _group_range(W1[i : i + group_size], top, clip_grid)
                 # Round with the float16 values that will be stored, not the exact ones.
-                scale, bias = scales[:, g].astype(np.float64), biases[:, g].astype(np.float64)
+                scale, bias = scales[g].astype(np.float64), biases[g].astype(np.float64)
                 scale[scale == 0] = 1.0
-            q = np.clip(np.rint((W1[:, i] - bias) / scale), 0, top)
-            codes[:, col] = q
-            err = (W1[:, i] - (q * scale + bias)) / Hinv1[i, i]
-            W1[:, i + 1 :] -= np.outer(err, Hinv1[i, i + 1 :])
-            errors[:, i] = err
-        W[:, end:] -= errors @ Hinv[start:end, end:]
-    return pack(codes, bits), scales, biases
+            q = np.clip(np.rint((W1[i] - bias) / scale), 0, top)
+            codes[col] = q
+            err = (W1[i] - (q * scale + bias)) / Hinv1[i, i]
+            W1[i + 1 :] -= Hinv1[i, i + 1 :, None] * err[None, :]
+            errors[i] = err
+        W[end:] -= Hinv[start:end, end:].T @ errors
+    return pack(np.ascontiguousarray(codes.T), bits), np.ascontiguousarray(scales.T), np.ascontiguousarray(biases.T)
 
 
-def apply(network, float_weights: dict, hessians: dict[str, np.ndarray]) -> int:
+def _group_range(group: np.ndarray, top: int, clip_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """float16 (scale, bias) per output row for ``group`` (group_size, out): min/max, or the searched range."""
+    lo, hi = group.min(axis=0), group.max(axis=0)
+    best_scale = np.where(hi > lo, (hi - lo) / top, 1.0).astype(np.float16)
+    best_bias = lo.astype(np.float16)
+    if clip_grid <= 0:
+        return best_scale, best_bias
+    best_err = np.full(group.shape[1], np.inf)
+    for step in range(clip_grid):
+        shrink = 1.0 - 0.5 * step / clip_grid
+        scale16 = np.where(hi > lo, shrink * (hi - lo) / top, 1.0).astype(np.float16)
+        bias16 = (shrink * lo).astype(np.float16)
+        scale, bias = scale16.astype(np.float64), bias16.astype(np.float64)
+        scale[scale == 0] = 1.0
+        err = np.sum((np.clip(np.rint((group - bias) / scale), 0, top) * scale + bias - group) ** 2, axis=0)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale16, best_scale)
+        best_bias = np.where(better, bias16, best_bias)
+    return best_scale, best_bias
+
+
+def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0) -> int:
     """Re-round, with GPTQ, every quantized Linear of ``network`` that has calibration statistics.
 
     ``network`` was already quantized (round-to-nearest) by ``mlx_embedgemma.precision.quantize``, which
@@ -79,7 +105,7 @@ def apply(network, float_weights: dict, hessians: dict[str, np.ndarray]) -> int:
     for path, module in network.named_modules():
         if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
             weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
-            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size)
+            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid)
             module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
             changed += 1
     return changed

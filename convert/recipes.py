@@ -24,6 +24,12 @@ class Recipe:
     # (module path suffix, bits, group size): e.g. ("self_attn.v_proj", 8, 64); "dense" matches the head.
     overrides: tuple[tuple[str, int, int], ...] = ()
     gptq: bool = False  # GPTQ rounding with calibration text for layers whose bits it supports
+    # GPTQ's calibration: which shipped file (convert/), up to how many tokens per text, how many token
+    # inputs of a long text enter the statistics (calibration.collect_hessians), and the range search.
+    calibration: str = "calibration.jsonl"
+    calibration_tokens: int = 256
+    sample_tokens: int | None = None
+    clip_grid: int = 0
 
     def quantization(self, network: nn.Module) -> dict[str, Any]:
         """The mlx-lm quantization config for ``network``: default plus one entry per overridden module."""
@@ -36,6 +42,14 @@ class Recipe:
                     per_module[path] = {"bits": bits, "group_size": group_size, "mode": "affine"}
                     break
         return precision.quantization_config(self.bits, self.group_size, per_module)
+
+
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def whole_layers(layers: tuple[int, ...], bits: int, group_size: int = 64) -> tuple[tuple[str, int, int], ...]:
+    """Overrides giving every projection of the given transformer blocks ``bits``."""
+    return tuple((f"model.layers.{i}.{p}", bits, group_size) for i in layers for p in PROJECTIONS)
 
 
 def uniform(bits: int, group_size: int) -> Recipe:
@@ -59,6 +73,20 @@ RECIPES = {
                 ("dense", 8, 64),
             ),
             gptq=True,
+        ),
+        # 5.00 bits/weight over the blocks. One block at a time at 4 bits (the rest float), the last three blocks
+        # cost 10-30x more cosine than the first twenty (README "Recipes"), so they keep 8 bits; GPTQ
+        # calibrates on long documents in many scripts, code, logs and repeated words, with a range search.
+        Recipe(
+            "q4-late8",
+            "GPTQ 4-bit blocks (wide calibration, range search); last 3 blocks 8-bit; 8-bit table and Dense head",
+            bits=4,
+            overrides=whole_layers((21, 22, 23), 8) + (("dense", 8, 64), ("embed_tokens", 8, 64)),
+            gptq=True,
+            calibration="calibration-wide.jsonl",
+            calibration_tokens=1024,
+            sample_tokens=256,
+            clip_grid=16,
         ),
         Recipe("q4", "all matrices 4-bit, group 64, round-to-nearest", bits=4),
         Recipe("q4-gptq", "all matrices 4-bit, group 64, GPTQ rounding", bits=4, gptq=True),
