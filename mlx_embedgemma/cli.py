@@ -621,7 +621,7 @@ def info(model: Path | None) -> None:
     ]
     if model is not None:
         from .loading import load
-        from .precision import describe
+        from .precision import describe, storage_by_kind
 
         try:
             m = load(model)
@@ -633,6 +633,7 @@ def info(model: Path | None) -> None:
             ("plan", m.plan.describe()),
             *(("  because", why) for why in m.plan.reasons),
             ("storage", describe(m.config)),
+            *((f"  {kind}", how) for kind, how in storage_by_kind(m.config)),
             ("size on disk", f"{size / 1e6:.1f} MB"),
             ("dims", ", ".join(map(str, m.dims))),
             ("max tokens", str(m.max_seq_length)),

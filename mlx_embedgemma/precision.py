@@ -74,6 +74,53 @@ def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
     model.update(tree_map(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a, model.parameters()))
 
 
+_KINDS = (("embed_tokens", "model.embed_tokens"),) + tuple(
+    (kind, f"model.layers.{{i}}.{part}.{kind}")
+    for part, kinds in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
+    for kind in kinds
+)
+
+
+def storage_by_kind(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind of layer, how its matrices are stored) for the table, each projection and the Dense head,
+    e.g. ("v_proj", "4-bit g64 ×21, 8-bit g64 ×3 (blocks 21-23)"), read from the folder's config."""
+    q = config.get("quantization")
+    if not q:
+        return []
+    default = {"bits": q["bits"], "group_size": q["group_size"]}
+
+    def spec(path: str) -> str:
+        entry = q.get(path, default)
+        if entry is False:
+            return config.get("dtype", "float32")
+        entry = {**default, **entry} if isinstance(entry, dict) else default
+        return f"{entry['bits']}-bit g{entry['group_size']}"
+
+    layers = int(config.get("num_hidden_layers", 0))
+    out = []
+    for kind, pattern in _KINDS:
+        specs = [spec(pattern.format(i=i)) for i in range(layers)] if "{i}" in pattern else [spec(pattern)]
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(specs):
+            groups.setdefault(s, []).append(i)
+        if len(groups) == 1:
+            out.append((kind, next(iter(groups))))
+        else:
+            out.append((kind, ", ".join(f"{s} ×{len(ix)} (blocks {_ranges(ix)})" for s, ix in groups.items())))
+    heads = sorted(k for k in q if k.startswith("dense."))
+    out.append(("dense head", ", ".join(sorted({spec(k) for k in heads})) if heads else spec("dense.0")))
+    return out
+
+
+def _ranges(indices: list[int]) -> str:
+    parts, start = [], indices[0]
+    for a, b in zip(indices, indices[1:] + [None]):
+        if b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(parts)
+
+
 def describe(config: dict[str, Any]) -> str:
     """Short human description of a folder's storage, e.g. '4-bit affine, group 64' or 'float32'."""
     q = config.get("quantization")

@@ -96,3 +96,55 @@ def test_cli_help_lists_every_recipe():
     for name in recipes.RECIPES:
         assert name in help_text
     assert f"{recipes.DEFAULT_RECIPE} (default)" in help_text
+
+
+def test_gptq_range_search_lowers_rounding_error_of_heavy_tailed_weights():
+    rng = np.random.default_rng(1)
+    w = rng.standard_t(3, size=(32, 128)) * 0.05  # a few large weights per group stretch min..max
+    h = np.eye(128)  # uncorrelated inputs: no error feedback, so each group's own error is what counts
+    def error(clip_grid):
+        codes, scales, biases = gptq.quantize(w, h, 4, 64, clip_grid=clip_grid)
+        d = np.array(mx.dequantize(mx.array(codes), mx.array(scales), mx.array(biases), 64, 4), np.float64)
+        return np.sum((d - w) ** 2)
+    assert error(16) < 0.9 * error(0)
+
+
+def test_hessians_of_sampled_long_texts_keep_their_weight(tiny_f32):
+    model = load(tiny_f32, kernels="mlx")
+    texts = [("document", "the quick brown fox jumps over the lazy dog " * 6)]
+    full = calibration.collect_hessians(model, texts, max_tokens=80)
+    same = calibration.collect_hessians(model, texts, max_tokens=80, sample_tokens=1000)
+    sampled = calibration.collect_hessians(model, texts, max_tokens=80, sample_tokens=20)
+    assert full.keys() == sampled.keys() and len(full) > 0
+    for path in full:
+        np.testing.assert_array_equal(full[path], same[path])
+        # every 4th token counted 4 times: the same total scale, not a quarter of it
+        ratio = np.trace(sampled[path]) / np.trace(full[path])
+        assert 0.5 < ratio < 2.0
+
+
+def test_wide_calibration_file_covers_long_and_repeated_text_and_shares_nothing_with_validation():
+    texts = calibration_texts(limit=None, path=calibration.WIDE_CALIBRATION_FILE)
+    assert texts[:128] == calibration_texts()
+    long_ = [t for _, t in texts if len(t) > 3000]
+    assert len(long_) >= 20
+    assert any(len(set(t.split())) == 1 and len(t.split()) >= 300 for _, t in texts)  # one word repeated
+    from pathlib import Path
+
+    validation = Path(__file__).resolve().parents[1] / "benchmarks" / "validation" / "texts.jsonl"
+    lines = {s.strip() for row in map(json.loads, validation.read_text(encoding="utf-8").splitlines())
+             for s in row["text"].split("\n") if len(s.strip()) >= 40}
+    assert not [s for _, t in texts for s in t.split("\n") if s.strip() in lines]
+
+
+def test_storage_by_kind_names_each_width_and_the_blocks_that_use_it():
+    from mlx_embedgemma.precision import quantization_config, storage_by_kind
+
+    overrides = {path: {"bits": b, "group_size": g} for path, b, g in recipes.whole_layers((2, 3), 8)}
+    overrides |= {"model.embed_tokens": {"bits": 8, "group_size": 64}, "dense.0": {"bits": 8, "group_size": 64}, "dense.1": {"bits": 8, "group_size": 64}}
+    overrides["model.layers.0.self_attn.o_proj"] = {"bits": 4, "group_size": 32}
+    rows = dict(storage_by_kind({"num_hidden_layers": 4, "quantization": quantization_config(4, 64, overrides)}))
+    assert rows["embed_tokens"] == "8-bit g64" and rows["dense head"] == "8-bit g64"
+    assert rows["q_proj"] == "4-bit g64 ×2 (blocks 0-1), 8-bit g64 ×2 (blocks 2-3)"
+    assert rows["o_proj"] == "4-bit g32 ×1 (blocks 0), 4-bit g64 ×1 (blocks 1), 8-bit g64 ×2 (blocks 2-3)"
+    assert storage_by_kind({"dtype": "float32"}) == []
