@@ -48,11 +48,14 @@ def _cpu_model() -> str | None:
 
 @lru_cache(maxsize=None)
 def git_commit() -> str | None:
-    """The checkout's commit (with "-dirty" if it has local changes); outside one, $MLX_EMBEDGEMMA_COMMIT or None."""
+    """The checkout's commit (with "-dirty" if it has local changes outside benchmarks/results); outside one,
+    $MLX_EMBEDGEMMA_COMMIT or None."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # Records appended by earlier runs are not a change to what is measured.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(exclude,top)benchmarks/results"], cwd=here,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         # A copy without .git (a remote machine's): whoever copied it may say which commit it is.
