@@ -74,9 +74,10 @@ RECIPES = {
             ),
             gptq=True,
         ),
-        # 5.00 bits/weight over the blocks. One block at a time at 4 bits (the rest float), the last three blocks
-        # cost 10-30x more cosine than the first twenty (README "Recipes"), so they keep 8 bits; GPTQ
-        # calibrates on long documents in many scripts, code, logs and repeated words, with a range search.
+        # Candidate, not yet measured. 5.00 bits/weight over the blocks. One block at a time at 4 bits (the rest
+        # float), the last three blocks cost 10-30x more cosine than the first twenty (README "Recipes"), so
+        # they keep 8 bits; GPTQ calibrates on long documents in many scripts, code, logs and repeated words,
+        # with a range search. As configured its calibration pass took over 10 min of CPU here: too slow.
         Recipe(
             "q4-late8",
             "GPTQ 4-bit blocks (wide calibration, range search); last 3 blocks 8-bit; 8-bit table and Dense head",
