@@ -74,21 +74,6 @@ RECIPES = {
             ),
             gptq=True,
         ),
-        # Candidate, not yet measured. 5.00 bits/weight over the blocks. One block at a time at 4 bits (the rest
-        # float), the last three blocks cost 10-30x more cosine than the first twenty (README "Recipes"), so
-        # they keep 8 bits; GPTQ calibrates on long documents in many scripts, code, logs and repeated words,
-        # with a range search. As configured its calibration pass took over 10 min of CPU here: too slow.
-        Recipe(
-            "q4-late8",
-            "GPTQ 4-bit blocks (wide calibration, range search); last 3 blocks 8-bit; 8-bit table and Dense head",
-            bits=4,
-            overrides=whole_layers((21, 22, 23), 8) + (("dense", 8, 64), ("embed_tokens", 8, 64)),
-            gptq=True,
-            calibration="calibration-wide.jsonl",
-            calibration_tokens=1024,
-            sample_tokens=256,
-            clip_grid=16,
-        ),
         Recipe("q4", "all matrices 4-bit, group 64, round-to-nearest", bits=4),
         Recipe("q4-gptq", "all matrices 4-bit, group 64, GPTQ rounding", bits=4, gptq=True),
         Recipe("q8", "all matrices 8-bit, group 64, round-to-nearest", bits=8),

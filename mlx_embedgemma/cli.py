@@ -24,7 +24,7 @@ def main() -> None:
 @main.command()
 @click.argument("source")
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--recipe", default=None, help="Quantization recipe: q4-mixed (default), q4-late8, q4, q4-gptq, q8.")
+@click.option("--recipe", default=None, help="Quantization recipe: q4-mixed (default), q4, q4-gptq, q8.")
 @click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Every matrix at this width instead of a recipe.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None, help="With --bits (default 64).")
 @click.option("--no-quantize", is_flag=True, help="Keep full-precision weights (see --dtype).")
