@@ -6,6 +6,8 @@ the same vectors, in input order, with their ids, whatever the number of actors.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,9 +21,17 @@ TEXTS = [f"document {i}: " + "mars is the red planet " * (i % 4) for i in range(
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+def local_ray(tmp_path_factory):
+    # Ray's workers start in the driver's working directory, with it first on sys.path: from a checkout
+    # they would import the source folder (no compiled kernels in a non-editable install) instead of the
+    # package this process tests, and run another plan. Started elsewhere, they import what we import.
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    finally:
+        os.chdir(here)
     yield
     ray.shutdown()
 
