@@ -36,6 +36,7 @@ import numpy as np
 
 import mlx_embedgemma
 from mlx_embedgemma.benchmarks import quality
+from mlx_embedgemma.benchmarks.fingerprint import git_commit, kernel
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
@@ -131,7 +132,8 @@ MEASUREMENTS = ("size", "cosine_reference", "cosine_validation", "memory_docs128
 
 
 def run(models: list[str], results: Path, memory_scale: float, only: tuple[str, ...] = MEASUREMENTS) -> None:
-    done = {(r["weights_sha256"], r["measurement"]) for r in read_results(results)}
+    # Keyed by the kernel too: a new activation width or kernel is a new measurement of the same weights.
+    done = {(r["weights_sha256"], r["measurement"], r.get("kernel")) for r in read_results(results)}
     measurements = {
         "size": measure_size,
         "cosine_reference": lambda m: measure_text_set(m, "reference"),
@@ -143,14 +145,15 @@ def run(models: list[str], results: Path, memory_scale: float, only: tuple[str, 
     for path in models:
         model = mlx_embedgemma.load(path)
         identity = quality.model_identity(model)
+        ran_on = kernel(model.plan)
         for name, measure in measurements.items():
-            if name not in only or (identity["weights_sha256"], name) in done:
+            if name not in only or (identity["weights_sha256"], name, ran_on) in done:
                 continue
             print(f"{path}: {name} ...", file=sys.stderr, flush=True)
             record = {"model": path, **identity, "measurement": name, **measure(model)}
             record.update(
                 machine=f"{platform.system()} {platform.machine()}", mlx_embedgemma=mlx_embedgemma.__version__,
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                kernel=ran_on, git_commit=git_commit(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             )
             results.parent.mkdir(parents=True, exist_ok=True)
             with results.open("a", encoding="utf-8") as f:
