@@ -113,24 +113,32 @@ def measure_speed(job: Job, encoder: Encoder) -> Iterator[dict]:
     yield {"kind": "process", "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def accuracy(encode: Callable[[list[str], str], np.ndarray], reference_dir: Path, dim: int) -> dict | None:
-    """Cosine to the reference embeddings (sentence-transformers float32) on their own texts and prompts.
-
-    ``encode(texts, prompt_name)`` gives full-size embeddings; the 2,331-token row is truncated, as in
-    the reference, so truncation warnings are silenced.
-    """
+def encode_by_prompt(encode: Callable[[list[str], str], np.ndarray], rows: list[dict], shape) -> np.ndarray:
+    """``encode(texts, prompt_name)`` of every row, the texts of one prompt together (as the model batches
+    them), in row order. Rows over the model's limit are truncated as in the references, so truncation
+    warnings are silenced."""
     import warnings
 
-    reference = np.load(reference_dir / "public.npy")
-    if reference.shape[1] != dim:
-        return None  # another model than the reference's (the tests' tiny one)
-    rows = [json.loads(line) for line in (reference_dir / "public.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    ours = np.zeros_like(reference)
+    ours = np.zeros(shape, np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in sorted({r["prompt_name"] for r in rows}):
             index = [i for i, r in enumerate(rows) if r["prompt_name"] == name]
             ours[index] = encode([rows[i]["text"] for i in index], name)
+    return ours
+
+
+def accuracy(encode: Callable[[list[str], str], np.ndarray], reference_dir: Path, dim: int) -> dict | None:
+    """Cosine to the reference embeddings (sentence-transformers float32) on their own texts and prompts.
+
+    ``encode(texts, prompt_name)`` gives full-size embeddings; the 2,331-token row is truncated, as in
+    the reference (see encode_by_prompt).
+    """
+    reference = np.load(reference_dir / "public.npy")
+    if reference.shape[1] != dim:
+        return None  # another model than the reference's (the tests' tiny one)
+    rows = [json.loads(line) for line in (reference_dir / "public.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    ours = encode_by_prompt(encode, rows, reference.shape)
     cosine = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1)
     return {"kind": "accuracy", "dim": reference.shape[1], "rows": len(rows),
             "mean_cosine": round(float(cosine.mean()), 5), "min_cosine": round(float(cosine.min()), 5)}

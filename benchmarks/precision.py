@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import warnings
 import platform
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 import mlx_embedgemma
 from mlx_embedgemma.benchmarks import quality
 from mlx_embedgemma.benchmarks.fingerprint import git_commit, kernel
+from mlx_embedgemma.benchmarks.measure import encode_by_prompt
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
@@ -83,12 +83,7 @@ def per_text_cosine(encode, rows: list[dict], reference: np.ndarray) -> dict:
     Texts of one prompt are encoded together (as the model batches them); inputs over the model's limit
     are truncated as in the reference, so truncation warnings are silenced.
     """
-    ours = np.zeros_like(reference)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in sorted({r["prompt_name"] for r in rows}):
-            index = [i for i, r in enumerate(rows) if r["prompt_name"] == name]
-            ours[index] = encode([rows[i]["text"] for i in index], name)
+    ours = encode_by_prompt(encode, rows, reference.shape)
     cosine = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     worst = int(np.argmin(cosine))
     return {
