@@ -252,6 +252,20 @@ static void FN(matmul_dots)(const struct weights *w, const float *x, int64_t m0,
  * tokens runs through it. A multiple of every group size. */
 #define KC 128
 
+/* words[j] = code word c + j of rows 0 .. live - 1 (row r in lane r, rows `row_bytes` apart), j < chunk: a
+ * whole VL x VL block is loaded row by row and transposed in registers, a partial one read word by word. */
+static inline void FN(code_words)(const uint8_t *src, int64_t row_bytes, int live, int64_t c, int chunk, vu words[VL]) {
+    if (live == VL && chunk == VL) {
+        for (int r = 0; r < VL; r++) memcpy(&words[r], src + r * row_bytes + c * 4, sizeof(vu));
+        FN(transpose)(words);
+        return;
+    }
+    for (int j = 0; j < chunk; j++) {
+        words[j] = (vu){0};
+        for (int r = 0; r < live; r++) memcpy((uint32_t *)&words[j] + r, src + r * row_bytes + (c + j) * 4, 4);
+    }
+}
+
 /* The quantized part of a panel: rows n .. n + live - 1 (live <= VL) of columns k0 .. k1 - 1 as floats, row r in
  * lane r: out[k * NR + r] (out already offset by -k0 * NR). Codes are read as 32-bit words, one word per lane:
  * whole chunks of VL words per row are loaded contiguously and transposed in registers; a partial chunk
@@ -265,15 +279,7 @@ static void FN(pack_codes)(const struct weights *w, int64_t n, int live, int64_t
     for (int64_t c = w0; c < w1; c += VL) {
         const int chunk = (int)(w1 - c < VL ? w1 - c : VL);
         vu words[VL];
-        if (live == VL && chunk == VL) {
-            for (int r = 0; r < VL; r++) memcpy(&words[r], src + r * row_bytes + c * 4, sizeof(vu));
-            FN(transpose)(words);
-        } else {
-            for (int j = 0; j < chunk; j++) {
-                words[j] = (vu){0};
-                for (int r = 0; r < live; r++) memcpy((uint32_t *)&words[j] + r, src + r * row_bytes + (c + j) * 4, 4);
-            }
-        }
+        FN(code_words)(src, row_bytes, live, c, chunk, words);
         for (int j = 0; j < chunk; j++) {
             const int64_t word = c + j;
             if (word % words_per_group == 0 || j == 0) { /* a new group: its scales and biases, one per row */

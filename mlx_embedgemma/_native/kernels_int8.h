@@ -1,7 +1,7 @@
 /* Quantized matmul with int8 activations, for CPUs with AVX-512 VNNI (vpdpbusd: 64 byte products summed
  * into 16 int32 lanes per instruction, four times the multiply-adds of a float FMA).
  *
- * Included by kernels_impl.h for that target only (it needs FN, vf, vu, vi and FN(transpose) from there).
+ * Included by kernels_impl.h for that target only (it needs FN, vf, vu, vi and FN(code_words) from there).
  *
  * y[t][n] = sum over groups g of  scale[n][g] * dx[t][g] * sum_k q[n][k] * xq[t][k]  +  bias[n][g] * xsum[t][g]
  *
@@ -81,15 +81,7 @@ static void FN(pack_slab_int8)(const struct weights *w, int64_t n, int live, int
          * that come from memory was the largest single cost of a query. */
         for (int r = 0; r < next_live; r++) __builtin_prefetch(next + r * row_bytes + c * 4);
         vu m[VL];
-        if (live == VL && chunk == VL) {
-            for (int r = 0; r < VL; r++) memcpy(&m[r], src + r * row_bytes + c * 4, sizeof(vu));
-            FN(transpose)(m);
-        } else {
-            for (int j = 0; j < chunk; j++) {
-                m[j] = (vu){0};
-                for (int r = 0; r < live; r++) memcpy((uint32_t *)&m[j] + r, src + r * row_bytes + (c + j) * 4, 4);
-            }
-        }
+        FN(code_words)(src, row_bytes, live, c, chunk, m);
         for (int j = 0; j < chunk; j++) {
             if (w->bits == 4) {
                 const vu lo = m[j] & 0x0F0F0F0F, hi = (m[j] >> 4) & 0x0F0F0F0F;
