@@ -240,12 +240,18 @@ class Gemma3Encoder(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def __call__(self, input_ids: mx.array, valid: mx.array, dtype: mx.Dtype) -> mx.array:
+        return self.norm(self.blocks(self.embed(input_ids, dtype), valid))
+
+    def embed(self, input_ids: mx.array, dtype: mx.Dtype) -> mx.array:
         h = self.embed_tokens(input_ids).astype(dtype)
         # Scale in the compute dtype, never in the weights' dtype (an integer type once quantized).
-        h = h * mx.array(math.sqrt(self.args.hidden_size), dtype=dtype)
-        for layer in self.layers:
+        return h * mx.array(math.sqrt(self.args.hidden_size), dtype=dtype)
+
+    def blocks(self, h: mx.array, valid: mx.array, start: int = 0, stop: int | None = None) -> mx.array:
+        """The hidden states after blocks ``start`` to ``stop`` (training runs the frozen ones apart)."""
+        for layer in self.layers[start:stop]:
             h = layer(h, valid)
-        return self.norm(h)
+        return h
 
 
 class EmbeddingGemmaModel(nn.Module):
@@ -258,8 +264,11 @@ class EmbeddingGemmaModel(nn.Module):
         self.dense = [nn.Linear(d.in_features, d.out_features, bias=d.bias) for d in args.dense]
 
     def __call__(self, input_ids: mx.array, valid: mx.array, dtype: mx.Dtype = mx.float32) -> mx.array:
-        h = self.model(input_ids, valid, dtype)
-        weights = valid[..., None].astype(dtype)
+        return self.head(self.model(input_ids, valid, dtype), valid)
+
+    def head(self, h: mx.array, valid: mx.array) -> mx.array:
+        """The encoder's final hidden states (B, L, hidden) -> the normalized embeddings."""
+        weights = valid[..., None].astype(h.dtype)
         # Mean over all real tokens, prompt included; `where` so padding rows can never leak NaN.
         pooled = mx.where(valid[..., None], h, 0).sum(axis=1) / weights.sum(axis=1)
         for layer in self.dense:

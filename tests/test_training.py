@@ -85,6 +85,69 @@ def test_resumed_run_equals_uninterrupted_run(tiny_source, tmp_path, lora_rank):
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("lora_rank", [None, 2])
+def test_training_the_top_blocks_from_kept_states_gives_the_whole_networks_gradients(tiny_source, lora_rank):
+    # The same batch through (a) the whole network with blocks 0-2 frozen and (b) block 3 alone, fed the
+    # kept output of blocks 0-2. Both run the same float32 operations except that (b)'s states were computed
+    # in batches of another padding width (softmax over more masked keys): 1e-5 relative covers that, while
+    # a kept state off by a block, a missing embedding scale or a wrong row would be off by far more.
+    examples = [Example(p["anchor"], p["positive"], line=i + 1) for i, p in enumerate(pairs(6))]
+    settings = Settings(batch_size=6, max_length=64, matryoshka_dims=(64, 32), lora_rank=lora_rank)
+    whole = Trainer(load_base(tiny_source), settings)
+    for layer in whole.network.model.layers[:3]:
+        layer.freeze()
+    top = Trainer(load_base(tiny_source), Settings(**{**settings.__dict__, "train_layers": 1}))
+    if lora_rank:  # the adapters start at B = 0: give both networks the same non-zero update
+        for trainer in (whole, top):
+            mx.random.seed(7)
+            for path, module in trainer.network.named_modules():
+                if isinstance(module, LoRALinear) and path.startswith("model.layers.3."):
+                    module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    rows = whole.prepare(examples, "training data")
+    top.bottom.add(text for row in rows for text in row)
+    assert len(top.bottom.states) == 12
+    expected_loss, expected, _ = whole.value_and_grad(rows)
+    loss, got, _ = top.value_and_grad(rows)
+    expected, got = dict(tree_flatten(expected)), dict(tree_flatten(got))
+    if lora_rank:  # LoRA on the top block only
+        assert got.keys() == {k for k in expected if k.startswith("model.layers.3.") and ".lora_" in k}
+    else:  # the top block, the final norm and the head
+        assert {k.split(".")[0] + "." + k.split(".")[1] for k in got} == {"model.layers", "model.norm", "dense.0", "dense.1"}
+        assert not any(k.startswith(("model.layers.0.", "model.layers.1.", "model.layers.2.", "model.embed")) for k in got)
+    assert abs(float(loss.item()) - float(expected_loss.item())) < 1e-5 * abs(float(expected_loss.item()))
+    for name in got:
+        scale = float(mx.abs(expected[name]).max())
+        assert scale > 0, name
+        np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path):
+    examples = read_examples(write_jsonl(tmp_path / "train.jsonl", pairs(10)))
+    before = {k: np.array(v) for k, v in tree_flatten(load_base(tiny_source).network.parameters())}
+    report, after = train_params(tiny_source, examples, tmp_path / "ckpt", settings={"train_layers": 2})
+    assert report.cache_seconds > 0 and report.losses[-1] < report.losses[0]
+    for name, value in before.items():
+        moved = float(np.abs(after[name] - value).max())
+        if name.startswith(("model.embed_tokens", "model.layers.0.", "model.layers.1.")):
+            assert moved == 0, name
+        elif name.startswith(("model.layers.3.self_attn", "model.layers.3.mlp", "dense.")):
+            assert moved > 0, name
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"train_layers": 5}, "--train-layers must be a number of blocks in 0..4"),
+        ({"train_layers": -1}, "--train-layers must be a number of blocks in 0..4"),
+        ({"train_layers": 0, "lora_rank": 2}, "trains nothing"),
+        ({"train_layers": 2, "train_embeddings": True}, "pass one of them"),
+    ],
+)
+def test_bad_train_layers_are_refused(tiny_source, settings, message):
+    with pytest.raises(SettingsError, match=message):
+        Trainer(load_base(tiny_source), Settings(matryoshka_dims=(64,), **settings))
+
+
 def test_a_second_run_into_a_checkpoint_needs_resume_and_the_same_settings(tiny_source, tmp_path):
     examples = read_examples(write_jsonl(tmp_path / "train.jsonl", pairs(8)))
     train_params(tiny_source, examples, tmp_path / "ckpt", stop_after=1)

@@ -40,8 +40,9 @@ class LoRALinear(nn.Module):
         return out
 
 
-def apply_lora(network: nn.Module, rank: int, alpha: float | None = None) -> int:
-    """Wrap the blocks' target matrices; freeze everything but the adapters. Returns the trainable count.
+def apply_lora(network: nn.Module, rank: int, alpha: float | None = None, first_layer: int = 0) -> int:
+    """Wrap the target matrices of blocks ``first_layer`` onwards; freeze everything but the adapters.
+    Returns the trainable count.
 
     ``alpha`` defaults to twice the rank (scale 2), a common choice that keeps the update's size
     independent of the rank.
@@ -54,6 +55,7 @@ def apply_lora(network: nn.Module, rank: int, alpha: float | None = None) -> int
         (path, LoRALinear(module, rank, scale))
         for path, module in network.named_modules()
         if isinstance(module, nn.Linear) and path.startswith("model.layers.") and path.rsplit(".", 1)[-1] in TARGETS
+        and int(path.split(".")[2]) >= first_layer
     ]
     network.update_modules(tree_unflatten(wrapped))
     return sum(m.lora_a.size + m.lora_b.size for _, m in wrapped)

@@ -12,6 +12,7 @@ from mlx_embedgemma.convert.output import check_target
 
 from . import checkpoint
 from .base import load_base
+from .blas import slow_blas_hint
 from .data import read_examples
 from .export import export
 from .mining import mine_hard_negatives
@@ -43,12 +44,17 @@ def finetune(
     examples = read_examples(train_file)
     valid = read_examples(valid_file) if valid_file else None
     trainer = Trainer(load_base(base), settings)
-    log(f"{len(examples)} training pairs; {trainer.trainable:,} trainable parameters ({'LoRA rank ' + str(settings.lora_rank) if settings.lora_rank else 'full'}, {settings.dtype})")
+    hint = slow_blas_hint()
+    if hint:
+        log(hint)
+    layers = trainer.network.args.num_hidden_layers
+    scope = "all blocks" if settings.train_layers is None else f"top {settings.train_layers} of {layers} blocks"
+    log(f"{len(examples)} training pairs; {trainer.trainable:,} trainable parameters ({'LoRA rank ' + str(settings.lora_rank) if settings.lora_rank else 'full'}, {scope}, {settings.dtype})")
     if hard_negatives:
         log(f"mining {hard_negatives} hard negatives per anchor with the base model")
         examples = mine_hard_negatives(examples, trainer.embed_texts, hard_negatives)
     checkpoints = checkpoint.checkpoint_folder(out)
-    report = trainer.train(examples, checkpoints, resume=resume, valid=valid, on_progress=on_progress)
+    report = trainer.train(examples, checkpoints, resume=resume, valid=valid, on_progress=on_progress, log=log)
     if report.valid_before and report.valid_after:
         log(f"valid before: {report.valid_before.describe()}")
         log(f"valid after:  {report.valid_after.describe()}")

@@ -26,6 +26,7 @@ from .base import Base
 from .batches import Tokens, embed, embed_all, mini_batches, tokenize
 from .data import Example, check_lengths
 from .evaluation import Scores, evaluate
+from .frozen import FrozenBottom
 from .lora import apply_lora
 from .losses import cached_value_and_grad, matryoshka, multiple_negatives_ranking
 from .sampler import no_duplicate_batches
@@ -50,6 +51,7 @@ class Settings:
     matryoshka_dims: tuple[int, ...] = (768, 512, 256, 128)
     max_length: int = 256
     lora_rank: int | None = None
+    train_layers: int | None = None  # only the top K blocks (and the head) train; None: all of them
     dtype: str = "float32"
     seed: int = 0
     anchor_prompt: str = "query"
@@ -58,7 +60,7 @@ class Settings:
     warmup_ratio: float = 0.1
     checkpoint_every: int = 50
 
-    def check(self, embedding_dim: int) -> None:
+    def check(self, embedding_dim: int, layers: int) -> None:
         if self.dtype == "float16":
             raise SettingsError("--dtype float16 is refused: this model's activations overflow float16 (values near 8e5); use bfloat16 or float32")
         if self.dtype not in ("float32", "bfloat16"):
@@ -68,6 +70,13 @@ class Settings:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"--{name} must be a positive integer, got {value!r}")
+        if self.train_layers is not None:
+            if not isinstance(self.train_layers, int) or not 0 <= self.train_layers <= layers:
+                raise SettingsError(f"--train-layers must be a number of blocks in 0..{layers}, got {self.train_layers!r}")
+            if self.train_embeddings:
+                raise SettingsError("--train-embeddings trains the bottom of the network, which --train-layers freezes: pass one of them")
+            if self.lora_rank and self.train_layers == 0:
+                raise SettingsError("--lora-rank with --train-layers 0 trains nothing (LoRA adapts blocks, not the head): pass --train-layers 1 or more, or drop --lora-rank")
         if self.batch_size < 2:
             raise SettingsError("--batch-size must be at least 2: in-batch negatives need other pairs in the batch")
         if self.max_length < 3:
@@ -101,6 +110,7 @@ class Report:
     tokens: int
     trainable_parameters: int
     losses: list[float] = field(default_factory=list)
+    cache_seconds: float = 0.0  # --train-layers: computing the frozen blocks' output, before the first step
     valid_before: Scores | None = None
     valid_after: Scores | None = None
 
@@ -111,22 +121,27 @@ class Report:
 
 class Trainer:
     def __init__(self, base: Base, settings: Settings):
-        settings.check(base.network.args.embedding_dim)
+        args = base.network.args
+        settings.check(args.embedding_dim, args.num_hidden_layers)
         self.base, self.settings = base, settings
         self.network = base.network
         self.dtype = precision.DTYPES[settings.dtype]
         self.prefixes = {c: self._prefix(p) for c, p in zip(COLUMNS, (settings.anchor_prompt, settings.document_prompt))}
         mx.random.seed(settings.seed)  # LoRA's initial A matrices
+        frozen = 0 if settings.train_layers is None else args.num_hidden_layers - settings.train_layers
         if settings.lora_rank:
-            self.trainable = apply_lora(self.network, settings.lora_rank)
+            self.trainable = apply_lora(self.network, settings.lora_rank, first_layer=frozen)
         else:
             self.network.unfreeze()
             if not settings.train_embeddings:
                 self.network.model.embed_tokens.freeze()
+            for layer in self.network.model.layers[:frozen]:
+                layer.freeze()
             self.trainable = sum(v.size for _, v in tree_flatten(self.network.trainable_parameters()))
         if self.dtype != mx.float32:
             precision.cast_floats(self.network, self.dtype)
         self.loss = matryoshka(multiple_negatives_ranking, settings.matryoshka_dims)
+        self.bottom = None if settings.train_layers is None else FrozenBottom(self.network, frozen, self.dtype)
 
     def _prefix(self, prompt: str) -> str:
         """A prompt name of the model (``query``), else the literal prompt text ("" for none)."""
@@ -176,7 +191,7 @@ class Trainer:
         return value, grads, tokens
 
     def _embed(self, tokens: Tokens) -> mx.array:
-        return embed(self.network, tokens, self.dtype)
+        return self.bottom.embed(tokens) if self.bottom else embed(self.network, tokens, self.dtype)
 
     def settings_record(self, train_file_rows: int) -> dict:
         return {**asdict(self.settings), "matryoshka_dims": list(self.settings.matryoshka_dims), "rows": train_file_rows, "base": self.base.source}
@@ -190,6 +205,7 @@ class Trainer:
         valid: Sequence[Example] | None = None,
         on_progress: Callable[[Progress], None] = lambda _: None,
         stop_after: int | None = None,
+        log: Callable[[str], None] = lambda _: None,
     ) -> Report:
         """Train on ``examples``; checkpoints go to ``checkpoints``. ``stop_after`` ends the run early after that
         many steps of this call, as an interruption would (for tests and time-boxed runs)."""
@@ -217,6 +233,12 @@ class Trainer:
         report = Report(steps=start, seconds=0.0, tokens=0, trainable_parameters=self.trainable)
         if valid:
             report.valid_before = self.evaluate(valid)
+        if self.bottom:
+            began = time.perf_counter()
+            self.bottom.add(text for row in rows for text in row)
+            report.cache_seconds = time.perf_counter() - began
+            log(f"frozen blocks' output of {len(self.bottom.states)} texts kept ({self.bottom.tokens:,} tokens, "
+                f"{self.bottom.tokens * self.network.args.hidden_size * 4 / 1e6:.0f} MB) in {report.cache_seconds:.0f} s")
         began = time.perf_counter()
         end = len(steps) if stop_after is None else min(len(steps), start + stop_after)
         for step in range(start, end):
