@@ -22,13 +22,19 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def quantize(
     weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, damp: float = 0.01, block: int = 128,
-    clip_grid: int = 0,
+    clip_grid: int = 0, act_order: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ-quantize ``weight`` (out, in) given ``hessian`` (in, in); returns packed codes, scales, biases.
 
     ``clip_grid`` > 0 searches each group's range: its min and max scaled by 1 - 0.5·k/clip_grid for
     k = 0 .. clip_grid-1, keeping per row the range whose squared rounding error on that group is least
     (as GPTQ's reference code does with ``mse=True``); 0 uses the min and max as they are.
+
+    ``act_order`` visits the input columns by decreasing Hessian diagonal (the inputs with the most energy
+    first, while the most columns remain to absorb their error), as GPTQ's ``desc_act``. MLX groups are
+    runs of consecutive original columns, so each group's range is then fixed beforehand from the
+    unmodified weights ("static groups"); without it, a group's range is taken when its first column is
+    reached, after the error feedback of the columns before it.
     """
     if bits not in PACKABLE_BITS:
         raise ValueError(f"GPTQ rounding supports bits {PACKABLE_BITS}, got {bits}")
@@ -42,25 +48,32 @@ def quantize(
     H[dead, dead] = 1.0
     W[dead, :] = 0.0
     H += damp * np.mean(np.diag(H)) * np.eye(in_features)
+    top = 2**bits - 1
+    groups = in_features // group_size
+    scales = np.zeros((groups, out_features), np.float16)
+    biases = np.zeros_like(scales)
+    order = np.arange(in_features)
+    if act_order:
+        for g in range(groups):
+            scales[g], biases[g] = _group_range(W[g * group_size : (g + 1) * group_size], top, clip_grid)
+        order = np.argsort(-np.diag(H), kind="stable")
+        W, H = W[order], H[np.ix_(order, order)]
     # Upper Cholesky factor of H⁻¹: row i holds how column i's error spreads onto columns after it.
     Hinv = np.linalg.cholesky(np.linalg.inv(H)).T
 
-    top = 2**bits - 1
     codes = np.zeros((in_features, out_features), np.uint32)
-    scales = np.zeros((in_features // group_size, out_features), np.float16)
-    biases = np.zeros_like(scales)
     for start in range(0, in_features, block):
         end = min(start + block, in_features)
         W1, Hinv1 = W[start:end], Hinv[start:end, start:end]
         errors = np.zeros_like(W1)
         for i in range(end - start):
-            col = start + i
-            if col % group_size == 0:
-                g = col // group_size
+            col = order[start + i]  # the original input column
+            g = col // group_size
+            if not act_order and col % group_size == 0:
                 scales[g], biases[g] = _group_range(W1[i : i + group_size], top, clip_grid)
-                # Round with the float16 values that will be stored, not the exact ones.
-                scale, bias = scales[g].astype(np.float64), biases[g].astype(np.float64)
-                scale[scale == 0] = 1.0
+            # Round with the float16 values that will be stored, not the exact ones.
+            scale, bias = scales[g].astype(np.float64), biases[g].astype(np.float64)
+            scale[scale == 0] = 1.0
             q = np.clip(np.rint((W1[i] - bias) / scale), 0, top)
             codes[col] = q
             err = (W1[i] - (q * scale + bias)) / Hinv1[i, i]
@@ -92,7 +105,7 @@ def _group_range(group: np.ndarray, top: int, clip_grid: int) -> tuple[np.ndarra
     return best_scale, best_bias
 
 
-def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0) -> int:
+def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0, act_order: bool = False) -> int:
     """Re-round, with GPTQ, every quantized Linear of ``network`` that has calibration statistics.
 
     ``network`` was already quantized (round-to-nearest) by ``mlx_embedgemma.precision.quantize``, which
@@ -105,7 +118,7 @@ def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_gr
     for path, module in network.named_modules():
         if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
             weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
-            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid)
+            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid, act_order=act_order)
             module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
             changed += 1
     return changed
