@@ -1,54 +1,81 @@
-"""Try an ad-hoc recipe: convert with it, record size, conversion time and validation cosines, delete the folder.
+"""Try a recipe that is not shipped: convert with it, record the conversion's cost and the folder's cosines.
 
-    .venv/bin/python benchmarks/recipe_trial.py '{"name": "x-...", "bits": 4, "gptq": true, "overrides": [["embed_tokens", 8, 64]], ...}'
+    .venv/bin/python benchmarks/recipe_trial.py '{"name": "x-...", "bits": 4, "gptq": true,
+        "overrides": [["embed_tokens", 8, 64]], "act_order": true}' [--measure size,cosine_validation] [--keep]
 
-The JSON holds convert.recipes.Recipe's fields (plus optional "measure": list of precision.py
-measurements, default size and cosine_validation; "keep": true keeps the folder in /tmp/rs-NAME).
-Records go to benchmarks/results/precision-linux-x86_64.jsonl (a "conversion" record with wall and CPU
-seconds and the recipe). The "x-" rows of README "Recipes" were made with this script.
+The JSON holds ``convert.recipes.Recipe``'s fields. The folder is written to /tmp/rs-NAME and removed
+afterwards unless --keep. Records go to benchmarks/results/precision-linux-x86_64.jsonl: one
+"conversion" record (wall and CPU seconds, the recipe, the commit) and precision.py's measurements of
+the folder (by default its size and the validation set's per-text cosines). The "x-" rows of README's
+"Recipes" come from this script.
 """
-"""Experiment driver: convert with an ad-hoc recipe, score on the validation set, delete the folder."""
-import json, os, shutil, sys, time
-sys.argv, args = sys.argv[:1], sys.argv[1:]
-from mlx_embedgemma.convert import recipes, converter
-from mlx_embedgemma.benchmarks import precision
-import mlx_embedgemma
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
-spec = json.loads(args[0])
-name = spec.pop("name")
-measures = spec.pop("measure", ["size", "cosine_validation"])
-keep = spec.pop("keep", False)
-spec["overrides"] = tuple(tuple(o) for o in spec.get("overrides", ()))
-r = recipes.Recipe(name=name, summary=spec.pop("summary", name), **spec)
-recipes.RECIPES[name] = r
-out = Path(f"/tmp/rs-{name}")
-import resource
-t = time.time()
-cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-converter.convert(os.path.expanduser("~/.cache/embeddinggemma-300m"), out, recipe=name, force=True, log=lambda m: print(m, file=sys.stderr, flush=True))
-convert_s = time.time() - t
-cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-convert_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-print(f"convert_cpu_s {convert_cpu_s:.1f}", file=sys.stderr, flush=True)
-print(f"convert_s {convert_s:.1f}", file=sys.stderr, flush=True)
-results = precision.HERE / "results" / "precision-linux-x86_64.jsonl"
-from mlx_embedgemma.benchmarks import quality
-import platform
-from datetime import datetime, timezone
-ident = quality.model_identity(mlx_embedgemma.load(str(out)))
-with results.open("a", encoding="utf-8") as f:
-    f.write(json.dumps({"model": str(out), **ident, "measurement": "conversion", "seconds": round(convert_s, 1), "cpu_seconds": round(convert_cpu_s, 1),
-        "note": "wall seconds include time this process was paused (SIGSTOP) while another job measured; cpu_seconds do not",
-        "recipe_spec": {**{k: v for k, v in spec.items()}, "overrides": [list(o) for o in r.overrides], "bits": r.bits, "group_size": r.group_size, "gptq": r.gptq},
-        "machine": f"{platform.system()} {platform.machine()}", "threads": 1,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
-precision.run([str(out)], results, 0.1, tuple(measures))
-for rec in [x for x in precision.read_results(results) if x['weights_sha256'] == ident['weights_sha256'] and x['measurement'] in measures]:
-    if rec["measurement"].startswith("cosine"):
-        c = rec["cosines"]
-        print(name, rec["measurement"], rec["mean_cosine"], rec["min_cosine"], rec["worst"]["id"], sorted(c.items(), key=lambda kv: kv[1])[:6])
-    else:
-        print(name, rec)
-if not keep:
-    shutil.rmtree(out)
+import mlx_embedgemma
+from mlx_embedgemma.benchmarks import precision, quality
+from mlx_embedgemma.benchmarks.fingerprint import git_commit
+from mlx_embedgemma.convert import converter, recipes
+
+SOURCE = Path("~/.cache/embeddinggemma-300m").expanduser()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="a JSON object of Recipe fields, with a name starting 'x-'")
+    parser.add_argument("--source", type=Path, default=SOURCE)
+    parser.add_argument("--measure", default="size,cosine_validation", help=f"of {', '.join(precision.MEASUREMENTS)}")
+    parser.add_argument("--results", type=Path, default=precision.HERE / "results" / "precision-linux-x86_64.jsonl")
+    parser.add_argument("--keep", action="store_true", help="keep the converted folder")
+    args = parser.parse_args()
+
+    spec = json.loads(args.recipe)
+    spec["overrides"] = tuple(tuple(o) for o in spec.get("overrides", ()))
+    recipe = recipes.Recipe(summary=spec.pop("summary", spec["name"]), **spec)
+    if not recipe.name.startswith("x-") or recipe.name in recipes.RECIPES:
+        raise SystemExit("name an experiment 'x-...', apart from the shipped recipes")
+    recipes.RECIPES[recipe.name] = recipe
+    out = Path(f"/tmp/rs-{recipe.name}")
+    commit = git_commit()
+    began, cpu = time.perf_counter(), cpu_seconds()
+    converter.convert(args.source, out, recipe=recipe.name, force=True, log=lambda m: print(m, file=sys.stderr, flush=True))
+    record = {
+        "model": str(out), **quality.model_identity(mlx_embedgemma.load(out)), "measurement": "conversion",
+        "seconds": round(time.perf_counter() - began, 1), "cpu_seconds": round(cpu_seconds() - cpu, 1),
+        "recipe_spec": {**asdict(recipe), "overrides": [list(o) for o in recipe.overrides]},
+        "git_commit": commit, "machine": f"{platform.system()} {platform.machine()}",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    print(f"conversion: {record['seconds']} s wall, {record['cpu_seconds']} s CPU", file=sys.stderr)
+    with args.results.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    measures = tuple(args.measure.split(","))
+    precision.run([str(out)], args.results, 0.1, measures)
+    for r in precision.read_results(args.results):
+        if r.get("weights_sha256") == record["weights_sha256"] and r["measurement"] in measures:
+            if "cosines" in r:
+                print(recipe.name, r["measurement"], r["mean_cosine"], r["min_cosine"], r["worst"]["id"])
+            else:
+                print(recipe.name, r["measurement"], {k: v for k, v in r.items() if k.endswith(("_mb", "per_weight"))})
+    if not args.keep:
+        shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,10 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_embedgemma import backend
 from mlx_embedgemma.backend import is_linear
 from mlx_embedgemma.embedder import EmbeddingGemma
-from mlx_embedgemma.model import EmbeddingGemmaModel, TransformerBlock
 
 _MODULES = [
     "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures", "configparser",
@@ -190,40 +188,6 @@ class _Tap(nn.Module):
         return self.inner(x)
 
 
-class _Hessians:
-    """Sums of xᵀx per tapped layer; ``sample_tokens`` as in ``collect_hessians``."""
-
-    def __init__(self, sample_tokens: int | None):
-        self.sums: dict[str, np.ndarray] = {}
-        self.sample_tokens = sample_tokens
-        self._last: list = [None, None]  # the previous input and its product: q, k and v (gate and up) get the same one
-
-    def taps(self, linears: dict[str, nn.Module]) -> dict[str, _Tap]:
-        return {p: _Tap(m, lambda x, p=p: self._report(p, x)) for p, m in linears.items()}
-
-    def _report(self, path: str, x: mx.array) -> None:
-        if self._last[0] is not x:
-            # numpy's BLAS: MLX's CPU wheel on Linux links the reference BLAS, far slower for this product
-            rows = np.asarray(x.reshape(-1, x.shape[-1]).astype(mx.float32))
-            stride = -(-rows.shape[0] // self.sample_tokens) if self.sample_tokens else 1
-            rows = rows[::stride]
-            self._last[:] = [x, (rows.T @ rows).astype(np.float64) * stride]
-        self.sums[path] = self.sums[path] + self._last[1] if path in self.sums else self._last[1].copy()
-
-    def close(self) -> dict[str, np.ndarray]:
-        self._last.clear()
-        return self.sums
-
-
-def token_ids(model: EmbeddingGemma, texts: list[tuple[str, str]], max_tokens: int) -> list[list[int]]:
-    """Each text under its prompt, cut to ``max_tokens`` keeping <eos> last."""
-    out = []
-    for prompt_name, text in texts:
-        ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
-        out.append(ids[: max_tokens - 1] + ids[-1:])
-    return out
-
-
 def collect_hessians(
     model: EmbeddingGemma, texts: list[tuple[str, str]], max_tokens: int = 256, sample_tokens: int | None = None
 ) -> dict[str, np.ndarray]:
@@ -236,56 +200,28 @@ def collect_hessians(
     """
     network = model.network
     linears = {p: m for p, m in network.named_modules() if is_linear(m) and p.startswith("model.layers.")}
-    hessians = _Hessians(sample_tokens)
-    network.update_modules(_unflatten(hessians.taps(linears)))
+    sums: dict[str, np.ndarray] = {}
+    last: list = [None, None]  # the previous input and its product: q, k and v (gate and up) get the same one
+
+    def report(path: str, x: mx.array) -> None:
+        if last[0] is not x:
+            # numpy's BLAS: MLX's CPU wheel on Linux links the reference BLAS, far slower for this product
+            rows = np.asarray(x.reshape(-1, x.shape[-1]).astype(mx.float32))
+            stride = -(-rows.shape[0] // sample_tokens) if sample_tokens else 1
+            rows = rows[::stride]
+            last[:] = [x, (rows.T @ rows).astype(np.float64) * stride]
+        sums[path] = sums[path] + last[1] if path in sums else last[1].copy()
+
+    network.update_modules(_unflatten({p: _Tap(m, lambda x, p=p: report(p, x)) for p, m in linears.items()}))
     try:
-        for ids in token_ids(model, texts, max_tokens):
+        for prompt_name, text in texts:
+            ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
+            ids = ids[: max_tokens - 1] + ids[-1:]
             mx.eval(network(mx.array([ids]), mx.ones((1, len(ids)), dtype=mx.bool_)))
     finally:
         network.update_modules(_unflatten(linears))
-    return hessians.close()
-
-
-def gptq_block_by_block(
-    network: EmbeddingGemmaModel, originals: dict[str, mx.array], ids: list[list[int]], *, sample_tokens: int | None = None,
-    clip_grid: int = 0, act_order: bool = False, log: Callable[[str], None] = lambda _: None,
-) -> int:
-    """GPTQ on each block in turn, with statistics of the inputs the blocks below it, already quantized, give it.
-
-    ``network`` holds the quantized layout (round-to-nearest, from ``precision.quantize``) and ``originals``
-    its float32 weights. Block i's statistics come from its float32 weights run on the output of the
-    quantized table and blocks 0..i-1, so its rounding also absorbs the error those pass up (GPTQ's
-    sequential order); ``collect_hessians`` instead feeds every block the float network's activations.
-    The quantized blocks run with float32 activations whatever the runtime later uses, so the statistics
-    do not depend on this machine's integer kernels. Returns the layers re-rounded.
-    """
-    from . import gptq
-
-    encoder, args = network.model, network.args
-    float_plan = backend.choose(quantized=False, compute_dtype=mx.float32, fuse_blocks=False)
-    quantized_plan = backend.choose(quantized=True, compute_dtype=mx.float32, fuse_blocks=False)
-    valid = [mx.ones((1, len(row)), dtype=mx.bool_) for row in ids]
-    states = [encoder.embed(mx.array([row]), mx.float32) for row in ids]
-    mx.eval(states)
-    changed = 0
-    for i, block in enumerate(encoder.layers):
-        prefix = f"model.layers.{i}."
-        weights = {k[len(prefix) :]: v for k, v in originals.items() if k.startswith(prefix)}
-        twin = TransformerBlock(args, args.layer_types[i])
-        twin.load_weights(list(weights.items()), strict=True)
-        backend.apply(float_plan, twin)
-        hessians = _Hessians(sample_tokens)
-        twin.update_modules(_unflatten(hessians.taps({p: m for p, m in twin.named_modules() if is_linear(m)})))
-        for h, v in zip(states, valid):
-            mx.eval(twin(h, v))
-        del twin
-        changed += gptq.apply(block, weights, hessians.close(), clip_grid=clip_grid, act_order=act_order)
-        replaced = backend.apply(quantized_plan, block)
-        states = [block(h, v) for h, v in zip(states, valid)]
-        mx.eval(states)
-        backend.restore(block, replaced)
-        log(f"GPTQ block {i + 1}/{len(encoder.layers)}")
-    return changed
+        last.clear()
+    return sums
 
 
 def _unflatten(flat: dict[str, nn.Module]):

@@ -22,7 +22,7 @@ from mlx_embedgemma.model import ConfigError, EmbeddingGemmaModel, ModelArgs
 from mlx_embedgemma.tokenizer import TOKENIZER_FILE, Tokenizer
 
 from . import community, gptq, recipes
-from .calibration import CALIBRATION_FILE, calibration_texts, collect_hessians, gptq_block_by_block, token_ids
+from .calibration import CALIBRATION_FILE, calibration_texts, collect_hessians
 from .output import atomic_folder, check_target
 from .source import Checkpoint, SourceError, read_checkpoint, resolve
 
@@ -143,14 +143,11 @@ def write_model(
     float_model = EmbeddingGemma(network, tokenizer, config, out, mx.float32, float_plan)
     probes = [(name if name in float_model.prompts else None, text) for name, text in PROBES]
     reference = check.embed_probes(float_model, probes)
-    hessians, ids = {}, []
+    hessians = {}
     if plan is not None and plan.gptq:
         texts = calibration_texts(limit=None, path=CALIBRATION_FILE.with_name(plan.calibration))
-        if plan.sequential:
-            ids = token_ids(float_model, texts, plan.calibration_tokens)
-        else:
-            log(f"collecting GPTQ statistics on {len(texts)} calibration texts ({plan.calibration})")
-            hessians = collect_hessians(float_model, texts, plan.calibration_tokens, plan.sample_tokens)
+        log(f"collecting GPTQ statistics on {len(texts)} calibration texts ({plan.calibration})")
+        hessians = collect_hessians(float_model, texts, plan.calibration_tokens, plan.sample_tokens)
     backend.restore(network, replaced)
 
     if plan is not None:
@@ -158,12 +155,7 @@ def write_model(
         config["quantization"] = plan.quantization(network)
         originals = dict(tree_flatten(network.parameters()))
         precision.quantize(network, config["quantization"])
-        if ids:
-            log(f"GPTQ block by block on {len(ids)} calibration texts ({plan.calibration})")
-            gptq_block_by_block(network, originals, ids, sample_tokens=plan.sample_tokens, clip_grid=plan.clip_grid,
-                                act_order=plan.act_order, log=log)
-        else:
-            gptq.apply(network, originals, hessians, clip_grid=plan.clip_grid, act_order=plan.act_order)
+        gptq.apply(network, originals, hessians, clip_grid=plan.clip_grid, act_order=plan.act_order)
         del originals
     else:
         precision.cast_floats(network, precision.DTYPES[dtype])

@@ -31,7 +31,6 @@ class Recipe:
     sample_tokens: int | None = None
     clip_grid: int = 0
     act_order: bool = False  # GPTQ visits input columns by decreasing activation energy (gptq.quantize)
-    sequential: bool = False  # GPTQ block by block on the quantized blocks' outputs (calibration.gptq_block_by_block)
 
     def quantization(self, network: nn.Module) -> dict[str, Any]:
         """The mlx-lm quantization config for ``network``: default plus one entry per overridden module."""
