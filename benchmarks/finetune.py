@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--speed-only", type=int, default=None, metavar="STEPS",
+                        help="train this many steps and record speed and memory only (no export, no scores)")
     parser.add_argument("--recipe", default="q4-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
@@ -109,6 +111,8 @@ def main() -> None:
     machine = fingerprint(mx.default_device(), threads=os.cpu_count())  # the commit that runs, not the one at the end
     args.work.mkdir(parents=True, exist_ok=True)
     examples, evaluation = split(args.data, args.heldout_fraction, args.seed)
+    if args.speed_only:  # only the pairs those steps use: the frozen blocks' output is kept for these alone
+        examples = examples[: args.speed_only * args.batch_size]
     sts_pairs = read_jsonl(args.data / "stsb_dev.jsonl")[: args.sts_pairs]
     log(f"{len(examples)} training pairs; held out: {evaluation['heldout_answers']} answers and their {len(evaluation['queries'])} queries, ranked among {len(evaluation['docs'])} answers")
 
@@ -122,10 +126,21 @@ def main() -> None:
     if hint:
         log(hint)
     shutil.rmtree(args.work / "checkpoint", ignore_errors=True)
-    report = trainer.train(examples, args.work / "checkpoint", log=log, on_progress=lambda p: log(
+    report = trainer.train(examples, args.work / "checkpoint", log=log, stop_after=args.speed_only, on_progress=lambda p: log(
         f"step {p.step}/{p.total} loss {p.loss:.4f} {p.steps_per_s:.3f} steps/s {p.tokens_per_s:.0f} tokens/s"))
     training_peak = peak_rss_mb()
     log(f"trained {report.steps} steps in {report.seconds:.0f} s, peak RSS {training_peak:.0f} MB")
+    speed = {
+        "benchmark": "finetune-speed" if args.speed_only else "finetune",
+        "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims), "recipe": args.recipe},
+        "train_pairs": len(examples), "trainable_parameters": report.trainable_parameters,
+        "ld_preload": os.environ.get("LD_PRELOAD"), "cache_seconds": round(report.cache_seconds, 1),
+        "steps": report.steps, "train_seconds": round(report.seconds, 1), "tokens": report.tokens,
+        "tokens_per_s": round(report.tokens_per_s, 1), "peak_rss_mb_training": round(training_peak, 1),
+        "first_loss": round(report.losses[0], 4), "last_loss": round(report.losses[-1], 4),
+    }
+    if args.speed_only:
+        return write(args.output, {**speed, **machine})
     export(trainer.base, args.work / "tuned-f32", None, force=True, log=log)
     del trainer
     export(load_base(args.work / "tuned-f32"), args.work / "tuned-4bit", args.recipe, force=True, log=log)
@@ -145,26 +160,24 @@ def main() -> None:
         results[name] = scores(args.work / name, evaluation, sts_pairs)
         log(f"{name}: {json.dumps(results[name])}")
     record = {
-        "benchmark": "finetune",
+        **speed,
         "data": "AIA-BDE (../shared/eval), split by answer: held-out answers' questions never trained on",
         "heldout_queries": len(evaluation["queries"]), "heldout_answers": evaluation["heldout_answers"], "corpus": len(evaluation["docs"]),
-        "train_pairs": len(examples), "sts_pairs": len(sts_pairs),
-        "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims), "recipe": args.recipe},
-        "ld_preload": os.environ.get("LD_PRELOAD"), "cache_seconds": round(report.cache_seconds, 1),
-        "steps": report.steps, "train_seconds": round(report.seconds, 1), "tokens": report.tokens,
-        "tokens_per_s": round(report.tokens_per_s, 1), "trainable_parameters": report.trainable_parameters,
-        "first_loss": round(report.losses[0], 4), "last_loss": round(report.losses[-1], 4),
-        "peak_rss_mb_training": round(training_peak, 1), "scores": results,
+        "sts_pairs": len(sts_pairs), "scores": results,
         "base_scores_from": str(args.base_scores) if args.base_scores else None,
         "gain_4bit_vs_base_float": {d: round(results["tuned-4bit"]["ndcg@10"][d] - results["base-f32"]["ndcg@10"][d], 2) for d in DIMS},
+        "gain_4bit_vs_base_4bit": {d: round(results["tuned-4bit"]["ndcg@10"][d] - results["base-4bit"]["ndcg@10"][d], 2) for d in DIMS},
         **machine,
     }
-    print(json.dumps(record), flush=True)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with args.output.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    write(args.output, record)
 
+
+def write(output: Path | None, record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 if __name__ == "__main__":
     main()
