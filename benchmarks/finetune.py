@@ -43,8 +43,9 @@ def split(data: Path, heldout_fraction: float, seed: int):
 
     corpus = {d["_id"]: d["text"] for d in read_jsonl(data / "aiabde_corpus.jsonl")}
     queries = {q["_id"]: q["text"] for q in read_jsonl(data / "aiabde_queries.jsonl")}
-    answer = {r["query_id"]: r["doc_id"] for r in read_jsonl(data / "aiabde_qrels.jsonl") if r["score"] > 0}
-    if len(answer) != len({r["query_id"] for r in read_jsonl(data / "aiabde_qrels.jsonl")}):
+    qrels = read_jsonl(data / "aiabde_qrels.jsonl")
+    answer = {r["query_id"]: r["doc_id"] for r in qrels if r["score"] > 0}
+    if len(answer) != len({r["query_id"] for r in qrels}):
         raise SystemExit("a query has several relevant answers: this split assumes one")
     answered = sorted(set(answer.values()))
     rng = np.random.default_rng(seed)

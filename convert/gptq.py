@@ -53,9 +53,17 @@ def quantize(
     scales = np.zeros((groups, out_features), np.float16)
     biases = np.zeros_like(scales)
     order = np.arange(in_features)
+    # Rounding uses the float16 values that will be stored, not the exact ones (float64 copies, 0 scale as 1).
+    scale64, bias64 = np.ones((groups, out_features)), np.zeros((groups, out_features))
+
+    def set_range(g: int, group: np.ndarray) -> None:
+        scales[g], biases[g] = _group_range(group, top, clip_grid)
+        scale64[g] = np.where(scales[g] == 0, 1.0, scales[g].astype(np.float64))
+        bias64[g] = biases[g]
+
     if act_order:
         for g in range(groups):
-            scales[g], biases[g] = _group_range(W[g * group_size : (g + 1) * group_size], top, clip_grid)
+            set_range(g, W[g * group_size : (g + 1) * group_size])
         order = np.argsort(-np.diag(H), kind="stable")
         W, H = W[order], H[np.ix_(order, order)]
     # Upper Cholesky factor of H⁻¹: row i holds how column i's error spreads onto columns after it.
@@ -70,10 +78,8 @@ def quantize(
             col = order[start + i]  # the original input column
             g = col // group_size
             if not act_order and col % group_size == 0:
-                scales[g], biases[g] = _group_range(W1[i : i + group_size], top, clip_grid)
-            # Round with the float16 values that will be stored, not the exact ones.
-            scale, bias = scales[g].astype(np.float64), biases[g].astype(np.float64)
-            scale[scale == 0] = 1.0
+                set_range(g, W1[i : i + group_size])
+            scale, bias = scale64[g], bias64[g]
             q = np.clip(np.rint((W1[i] - bias) / scale), 0, top)
             codes[col] = q
             err = (W1[i] - (q * scale + bias)) / Hinv1[i, i]

@@ -45,14 +45,6 @@ class Recipe:
         return precision.quantization_config(self.bits, self.group_size, per_module)
 
 
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
-def whole_layers(layers: tuple[int, ...], bits: int, group_size: int = 64) -> tuple[tuple[str, int, int], ...]:
-    """Overrides giving every projection of the given transformer blocks ``bits``."""
-    return tuple((f"model.layers.{i}.{p}", bits, group_size) for i in layers for p in PROJECTIONS)
-
-
 def uniform(bits: int, group_size: int) -> Recipe:
     """Every matrix at the same width, rounded to nearest: what --bits/--group-size ask for."""
     return Recipe(f"uniform-{bits}bit-g{group_size}", f"all matrices {bits}-bit, group {group_size}, round-to-nearest", bits, group_size)

@@ -164,7 +164,8 @@ def test_wide_calibration_file_covers_long_and_repeated_text_and_shares_nothing_
 def test_storage_by_kind_names_each_width_and_the_blocks_that_use_it():
     from mlx_embedgemma.precision import quantization_config, storage_by_kind
 
-    overrides = {path: {"bits": b, "group_size": g} for path, b, g in recipes.whole_layers((2, 3), 8)}
+    projections = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    overrides = {f"model.layers.{i}.{p}": {"bits": 8, "group_size": 64} for i in (2, 3) for p in projections}
     overrides |= {"model.embed_tokens": {"bits": 8, "group_size": 64}, "dense.0": {"bits": 8, "group_size": 64}, "dense.1": {"bits": 8, "group_size": 64}}
     overrides["model.layers.0.self_attn.o_proj"] = {"bits": 4, "group_size": 32}
     rows = dict(storage_by_kind({"num_hidden_layers": 4, "quantization": quantization_config(4, 64, overrides)}))
