@@ -32,7 +32,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from . import native
-from .model import TransformerBlock
+from .model import Attend, TransformerBlock
 
 ENV_THREADS = "MLX_EMBEDGEMMA_THREADS"
 # "native" lets the plan choose the activations of the quantized projections; "native-int8", "native-int16"
@@ -176,8 +176,8 @@ def choose(quantized: bool, compute_dtype: mx.Dtype, kernels: str = "auto", thre
                                    if sys.platform == "darwin" else ")"))
     else:
         blocks = "mlx"
-        reasons.append("encoder blocks: model.py's modules with native Linear layers (fuse_blocks=False: the caller "
-                       "taps those layers)")
+        reasons.append("encoder blocks: model.py's modules with native Linear layers and attention (fuse_blocks=False: "
+                       "the caller taps those layers)")
     activations, why = _activations(kernels, quantized and fuse_blocks)
     reasons.append(why)
     return Plan("cpu", "cpu", where, "native", native.isa(), "native", blocks, activations, "mapped", threads, 1024,
@@ -226,6 +226,8 @@ def apply(plan: Plan, network: nn.Module, file_of=lambda name, module: None) -> 
                 inner = {n: linear(f"{name}.{n}", m) for n, m in module.named_modules() if n in nl.BLOCK_LINEARS}
                 swaps.append((name, nl.NativeBlock(module, inner, network.args.rms_norm_eps, plan.activations)))
                 fused.append(name + ".")
+            elif isinstance(module, Attend):
+                swaps.append((name, nl.NativeAttend(module)))
             elif isinstance(module, (nn.Linear, nn.QuantizedLinear)) and plan.linear == "native":
                 lin = linear(name, module)
                 lin.input_bits = nl.input_bits(plan.activations, lin._w, in_block=False)

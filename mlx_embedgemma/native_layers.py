@@ -126,6 +126,32 @@ class NativeLinear(nn.Module):
         return y + w.bias.astype(y.dtype) if w.bias is not None else y
 
 
+class NativeAttend(nn.Module):
+    """model.py's ``Attend`` on the native attention kernel, for blocks that stay unfused (the converter's
+    calibration taps their Linear layers): MLX's CPU attention on Linux runs its products on the reference
+    BLAS, and dominated a long calibration text's pass. Padding positions come out as zeros: no real
+    token attends to them, and callers pool real tokens only."""
+
+    def __init__(self, attend: nn.Module):
+        super().__init__()
+        self.scale, self.radius = attend.scale, attend.radius
+
+    def __call__(self, q: mx.array, k: mx.array, v: mx.array, valid: mx.array) -> mx.array:
+        B, H, L, D = q.shape
+        mask = host(valid)
+        lengths = mask.sum(axis=1, dtype=np.int64)
+        if not (mask == (np.arange(L) < lengths[:, None])).all():
+            raise ValueError("native attention needs right-padded rows (real tokens first)")
+        rows = mask.reshape(-1)
+        packed = [np.ascontiguousarray(host(t.astype(mx.float32).transpose(0, 2, 1, 3)).reshape(B * L, *t.shape[1:2], D)[rows])
+                  for t in (q, k, v)]
+        out = np.empty_like(packed[0])
+        native.attention(*packed, lengths, self.scale, self.radius, out)
+        full = np.zeros((B * L, H, D), np.float32)
+        full[rows] = out
+        return mx.array(full.reshape(B, L, H, D))
+
+
 def _half(a: np.ndarray) -> np.ndarray:
     if a.dtype != np.float16:
         raise ValueError(f"quantization scales must be float16 for the native kernel, got {a.dtype}")

@@ -446,3 +446,27 @@ def test_native_block_equals_model_block(isa, layer_type, bits, activations):
         floats = NativeBlock(block, {n: NativeLinear.from_module(modules[n]) for n in BLOCK_LINEARS}, args.rms_norm_eps)
         assert np.abs(got[real] - np.array(floats(x, valid))[real]).max() > 1e-4 * scale
     assert not got[~real].any(), "padding rows come back zero"
+
+
+@pytest.mark.parametrize("radius", [None, 20])
+def test_native_attend_equals_model_attend(radius):
+    # The unfused plan (the converter's calibration) swaps model.py's Attend for the native kernel. Same
+    # float32 arithmetic in another summation order: 1e-5 of the output's scale, where a wrong window,
+    # scale, head grouping or padding mask is off by 1e-2 or more. Rows longer than a query block, shorter
+    # and one token long, right-padded.
+    from mlx_embedgemma.model import Attend
+    from mlx_embedgemma.native_layers import NativeAttend
+
+    rng = np.random.default_rng(5)
+    B, H, Hkv, L, D = 3, 4, 2, 600, 32
+    q, k, v = (mx.array(rng.standard_normal((B, h, L, D)).astype(np.float32)) for h in (H, Hkv, Hkv))
+    lengths = np.array([600, 45, 1])
+    valid = mx.array(np.arange(L)[None, :] < lengths[:, None])
+    attend = Attend(D**-0.5, radius)
+    expected, got = np.array(attend(q, k, v, valid)), np.array(NativeAttend(attend)(q, k, v, valid))
+    real = np.array(valid)
+    assert got.shape == expected.shape == (B, L, H, D)
+    assert np.abs(got[real] - expected[real]).max() <= 1e-5 * np.abs(expected[real]).max()
+    assert not got[~real].any(), "padding positions come back zero"
+    with pytest.raises(ValueError, match="right-padded"):
+        NativeAttend(attend)(q, k, v, mx.array(np.arange(L)[None, :] >= np.array([[0], [5], [599]])))
