@@ -93,11 +93,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--speed-only", type=int, default=None, metavar="STEPS",
                         help="train this many steps and record speed and memory only (no export, no scores)")
+    parser.add_argument("--hard-negatives", type=int, default=None, metavar="K",
+                        help="mine K negatives per training pair with the base model first (as `finetune --hard-negatives`)")
     parser.add_argument("--recipe", default="q4-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--base-scores", type=Path, default=None,
-                        help="a record of an earlier run with the same split: reuse its base model scores instead of measuring them again")
+                        help="a record of an earlier run with the same split: reuse its float32 base model's scores instead of measuring them again")
     args = parser.parse_args()
 
     from mlx_embedgemma.convert import convert
@@ -126,6 +128,14 @@ def main() -> None:
     hint = slow_blas_hint()
     if hint:
         log(hint)
+    mining_seconds = 0.0
+    if args.hard_negatives:
+        from mlx_embedgemma.training.mining import mine_hard_negatives
+
+        began = time.perf_counter()
+        examples = mine_hard_negatives(examples, trainer.embed_texts, args.hard_negatives)
+        mining_seconds = time.perf_counter() - began
+        log(f"mined {args.hard_negatives} hard negatives per pair among the training answers in {mining_seconds:.0f} s")
     shutil.rmtree(args.work / "checkpoint", ignore_errors=True)
     report = trainer.train(examples, args.work / "checkpoint", log=log, stop_after=args.speed_only, on_progress=lambda p: log(
         f"step {p.step}/{p.total} loss {p.loss:.4f} {p.steps_per_s:.3f} steps/s {p.tokens_per_s:.0f} tokens/s"))
@@ -135,6 +145,7 @@ def main() -> None:
         "benchmark": "finetune-speed" if args.speed_only else "finetune",
         "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims), "recipe": args.recipe},
         "train_pairs": len(examples), "trainable_parameters": report.trainable_parameters,
+        "hard_negatives": args.hard_negatives, "mining_seconds": round(mining_seconds, 1),
         "ld_preload": os.environ.get("LD_PRELOAD"), "cache_seconds": round(report.cache_seconds, 1),
         "steps": report.steps, "train_seconds": round(report.seconds, 1), "tokens": report.tokens,
         "tokens_per_s": round(report.tokens_per_s, 1), "peak_rss_mb_training": round(training_peak, 1),
@@ -145,18 +156,19 @@ def main() -> None:
     export(trainer.base, args.work / "tuned-f32", None, force=True, log=log)
     del trainer
     export(load_base(args.work / "tuned-f32"), args.work / "tuned-4bit", args.recipe, force=True, log=log)
-    results, names = {}, ["tuned-f32", "tuned-4bit"]
+    results, names = {}, ["tuned-f32", "base-4bit", "tuned-4bit"]
+    # The base 4-bit model is converted and scored every run: a recipe's name can outlive its definition.
+    convert(args.source, args.work / "base-4bit", recipe=args.recipe, force=True, log=log)
     if args.base_scores:
         earlier = json.loads(args.base_scores.read_text(encoding="utf-8").splitlines()[-1])
         split_keys = ("heldout_queries", "corpus", "sts_pairs")
-        if [earlier.get(k) for k in split_keys] != [len(evaluation["queries"]), len(evaluation["docs"]), len(sts_pairs)] or earlier["settings"]["seed"] != args.seed or earlier["settings"]["recipe"] != args.recipe:
-            raise SystemExit(f"{args.base_scores}: its last record used another split, seed or recipe; measure the base again")
+        if [earlier.get(k) for k in split_keys] != [len(evaluation["queries"]), len(evaluation["docs"]), len(sts_pairs)] or earlier["settings"]["seed"] != args.seed:
+            raise SystemExit(f"{args.base_scores}: its last record used another split or seed; measure the base again")
         # JSON keeps the sizes as strings; the scores here are keyed by int.
-        results.update({k: {m: {int(d): v for d, v in earlier["scores"][k][m].items()} for m in earlier["scores"][k]} for k in ("base-f32", "base-4bit")})
+        results["base-f32"] = {m: {int(d): v for d, v in earlier["scores"]["base-f32"][m].items()} for m in earlier["scores"]["base-f32"]}
     else:
-        convert(args.source, args.work / "base-4bit", recipe=args.recipe, force=True, log=log)
         convert(args.source, args.work / "base-f32", quantize=False, force=True, log=log)
-        names = ["base-f32", *names[:1], "base-4bit", *names[1:]]
+        names.insert(0, "base-f32")
     for name in names:
         results[name] = scores(args.work / name, evaluation, sts_pairs)
         log(f"{name}: {json.dumps(results[name])}")

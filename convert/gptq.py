@@ -89,6 +89,44 @@ def quantize(
     return pack(np.ascontiguousarray(codes.T), bits), np.ascontiguousarray(scales.T), np.ascontiguousarray(biases.T)
 
 
+def refit(weight: np.ndarray, hessian: np.ndarray, packed: np.ndarray, bits: int, group_size: int,
+          scales: np.ndarray, biases: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Given the codes GPTQ chose, the float16 scales and biases that minimise the layer's output error.
+
+    With codes fixed, each row's dequantised weights are linear in its groups' (scale, bias) pairs, so the
+    error (w - ŵ)ᵀ H (w - ŵ) GPTQ works against has a closed-form minimum: one small linear system per row
+    (2 unknowns per group), solved in float64. GPTQ fixed each range before the error feedback moved the
+    weights it rounds; this moves the ranges to where the rounded weights are best. Returns new float16
+    (scales, biases); the codes are unchanged, so the storage format is too.
+    """
+    N, K = weight.shape
+    G = K // group_size
+    per_word = 32 // bits
+    codes = ((packed[:, :, None] >> (np.arange(per_word, dtype=np.uint32) * bits)) & (2**bits - 1)).reshape(N, K).astype(np.float64)
+    H = hessian.astype(np.float64, copy=True)
+    H += damp * np.mean(np.diag(H)) * np.eye(K)
+    S = H.reshape(K, G, group_size).sum(axis=2).reshape(G, group_size, G)  # S[g, i, h]: H[g's i, h's columns] summed
+    Q = codes.reshape(N, G, group_size)
+    qhq = np.empty((N, G, G))  # qhq[n, g, h] = codes[n, g]ᵀ H[g, h] codes[n, h]
+    for h in range(G):
+        hq = (Q[:, h] @ H[h * group_size : (h + 1) * group_size]).reshape(N, G, group_size)
+        qhq[:, :, h] = np.einsum("ngi,ngi->ng", Q, hq)
+    qh1 = np.einsum("ngi,gih->ngh", Q, S)
+    one_h_one = S.sum(axis=1)
+    M = np.empty((N, 2 * G, 2 * G))
+    M[:, 0::2, 0::2], M[:, 0::2, 1::2] = qhq, qh1
+    M[:, 1::2, 0::2], M[:, 1::2, 1::2] = qh1.transpose(0, 2, 1), one_h_one
+    hw = (weight.astype(np.float64) @ H).reshape(N, G, group_size)
+    rhs = np.empty((N, 2 * G))
+    rhs[:, 0::2], rhs[:, 1::2] = np.einsum("ngi,ngi->ng", Q, hw), hw.sum(axis=2)
+    # A group whose codes are all equal leaves its scale undetermined: a ridge towards GPTQ's values.
+    theta0 = np.empty((N, 2 * G))
+    theta0[:, 0::2], theta0[:, 1::2] = scales.astype(np.float64), biases.astype(np.float64)
+    ridge = 1e-9 * np.trace(M, axis1=1, axis2=2)[:, None, None] / (2 * G) * np.eye(2 * G)
+    theta = np.linalg.solve(M + ridge, (rhs + (ridge @ theta0[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
+    return theta[:, 0::2].astype(np.float16), theta[:, 1::2].astype(np.float16)
+
+
 def _group_range(group: np.ndarray, top: int, clip_grid: int) -> tuple[np.ndarray, np.ndarray]:
     """float16 (scale, bias) per output row for ``group`` (group_size, out): min/max, or the searched range."""
     lo, hi = group.min(axis=0), group.max(axis=0)
@@ -111,7 +149,8 @@ def _group_range(group: np.ndarray, top: int, clip_grid: int) -> tuple[np.ndarra
     return best_scale, best_bias
 
 
-def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0, act_order: bool = False) -> int:
+def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0, act_order: bool = False,
+          refit_ranges: bool = False) -> int:
     """Re-round, with GPTQ, every quantized Linear of ``network`` that has calibration statistics.
 
     ``network`` was already quantized (round-to-nearest) by ``mlx_embedgemma.precision.quantize``, which
@@ -125,6 +164,8 @@ def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_gr
         if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
             weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
             codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid, act_order=act_order)
+            if refit_ranges:
+                scales, biases = refit(weight, hessians[path], codes, module.bits, module.group_size, scales, biases)
             module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
             changed += 1
     return changed

@@ -89,6 +89,43 @@ def test_gptq_act_order_keeps_min_max_groups_and_lowers_error_where_a_few_inputs
     assert np.mean(ratios) < 0.98, ratios  # a few percent: the error feedback already does much of it
 
 
+def test_gptq_refit_of_ranges_lowers_output_error_on_unseen_inputs_and_keeps_the_codes():
+    # Fitted on one sample of inputs, judged on another from the same distribution: the refit must generalise,
+    # not just fit its own statistics. Seen here: 35-45% less output error; asked: at least 15% on average.
+    ratios = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        scale = rng.uniform(0.1, 3, size=256)
+        scale[rng.choice(256, 6, replace=False)] *= 40
+        mix = np.eye(256) + 0.02 * rng.normal(size=(256, 256))
+        x, unseen = (rng.normal(size=(2048, 256)) @ mix * scale for _ in range(2))
+        w = rng.normal(size=(96, 256)) * 0.05
+        codes, scales, biases = gptq.quantize(w, x.T @ x, 4, 64, act_order=True)
+        new_scales, new_biases = gptq.refit(w, x.T @ x, codes, 4, 64, scales, biases)
+        assert new_scales.dtype == new_biases.dtype == np.float16 and new_scales.shape == scales.shape
+        error = lambda s, b: np.linalg.norm(unseen @ (np.array(mx.dequantize(
+            mx.array(codes), mx.array(s), mx.array(b), 64, 4), np.float64) - w).T) / np.linalg.norm(unseen @ w.T)
+        ratios.append(error(new_scales, new_biases) / error(scales, biases))
+    assert np.mean(ratios) < 0.85, ratios
+
+
+def test_gptq_refit_recovers_exact_ranges_and_survives_constant_groups():
+    # Weights that are exactly codes × scale + bias are refitted to those very scales and biases (float16
+    # rounding apart); a group whose codes are all equal leaves its scale free and must not blow up.
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 16, size=(8, 128)).astype(np.uint32)
+    codes[0, :64] = 5
+    scales = rng.uniform(0.01, 0.02, size=(8, 2)).astype(np.float16)
+    biases = rng.uniform(-0.1, 0.0, size=(8, 2)).astype(np.float16)
+    w = codes * np.repeat(scales.astype(np.float64), 64, axis=1) + np.repeat(biases.astype(np.float64), 64, axis=1)
+    x = rng.normal(size=(512, 128))
+    new_scales, new_biases = gptq.refit(w, x.T @ x, gptq.pack(codes, 4), 4, 64, scales * 2, biases)
+    np.testing.assert_allclose(new_scales[1:], scales[1:], rtol=2e-3)
+    np.testing.assert_allclose(new_biases[1:], biases[1:], rtol=2e-3, atol=1e-5)
+    dequantized = codes[0, :64] * new_scales[0, 0].astype(np.float64) + new_biases[0, 0]
+    np.testing.assert_allclose(dequantized, w[0, :64], rtol=0, atol=1e-4)  # float16 rounding; a 4-bit step is 0.015
+
+
 def test_calibration_texts_ship_with_the_converter_and_are_multilingual():
     texts = calibration_texts()
     assert len(texts) == 128 and texts[:64] == calibration_texts(64)
