@@ -155,7 +155,7 @@ def write_model(
         config["quantization"] = plan.quantization(network)
         originals = dict(tree_flatten(network.parameters()))
         precision.quantize(network, config["quantization"])
-        gptq.apply(network, originals, hessians, clip_grid=plan.clip_grid, act_order=plan.act_order, refit_ranges=plan.refit)
+        gptq.apply(network, originals, hessians, clip_grid=plan.clip_grid, act_order=plan.act_order, refit_rounds=plan.refit)
         del originals
     else:
         precision.cast_floats(network, precision.DTYPES[dtype])

@@ -22,7 +22,7 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def quantize(
     weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, damp: float = 0.01, block: int = 128,
-    clip_grid: int = 0, act_order: bool = False,
+    clip_grid: int = 0, act_order: bool = False, ranges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ-quantize ``weight`` (out, in) given ``hessian`` (in, in); returns packed codes, scales, biases.
 
@@ -35,6 +35,9 @@ def quantize(
     runs of consecutive original columns, so each group's range is then fixed beforehand from the
     unmodified weights ("static groups"); without it, a group's range is taken when its first column is
     reached, after the error feedback of the columns before it.
+
+    ``ranges`` (float16 scales and biases, (out, groups)) fixes every group's range beforehand instead
+    (static groups, as with ``act_order``): a refit's ranges, rounded to again.
     """
     if bits not in PACKABLE_BITS:
         raise ValueError(f"GPTQ rounding supports bits {PACKABLE_BITS}, got {bits}")
@@ -61,9 +64,14 @@ def quantize(
         scale64[g] = np.where(scales[g] == 0, 1.0, scales[g].astype(np.float64))
         bias64[g] = biases[g]
 
-    if act_order:
+    if ranges is not None:
+        scales[:], biases[:] = ranges[0].T, ranges[1].T
+        scale64[:] = np.where(scales == 0, 1.0, scales.astype(np.float64))
+        bias64[:] = biases
+    elif act_order:
         for g in range(groups):
             set_range(g, W[g * group_size : (g + 1) * group_size])
+    if act_order:
         order = np.argsort(-np.diag(H), kind="stable")
         W, H = W[order], H[np.ix_(order, order)]
     # Upper Cholesky factor of H⁻¹: row i holds how column i's error spreads onto columns after it.
@@ -77,7 +85,7 @@ def quantize(
         for i in range(end - start):
             col = order[start + i]  # the original input column
             g = col // group_size
-            if not act_order and col % group_size == 0:
+            if not act_order and ranges is None and col % group_size == 0:
                 set_range(g, W1[i : i + group_size])
             scale, bias = scale64[g], bias64[g]
             q = np.clip(np.rint((W1[i] - bias) / scale), 0, top)
@@ -150,7 +158,7 @@ def _group_range(group: np.ndarray, top: int, clip_grid: int) -> tuple[np.ndarra
 
 
 def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_grid: int = 0, act_order: bool = False,
-          refit_ranges: bool = False) -> int:
+          refit_rounds: int = 0) -> int:
     """Re-round, with GPTQ, every quantized Linear of ``network`` that has calibration statistics.
 
     ``network`` was already quantized (round-to-nearest) by ``mlx_embedgemma.precision.quantize``, which
@@ -164,7 +172,10 @@ def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_gr
         if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
             weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
             codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid, act_order=act_order)
-            if refit_ranges:
+            for round_ in range(refit_rounds):
+                if round_:  # GPTQ again, onto the refitted ranges, then refit those codes
+                    codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size,
+                                                     act_order=act_order, ranges=(scales, biases))
                 scales, biases = refit(weight, hessians[path], codes, module.bits, module.group_size, scales, biases)
             module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
             changed += 1

@@ -31,7 +31,9 @@ class Recipe:
     sample_tokens: int | None = None
     clip_grid: int = 0
     act_order: bool = False  # GPTQ visits input columns by decreasing activation energy (gptq.quantize)
-    refit: bool = False  # after GPTQ, each group's scale and bias re-solved for the least output error (gptq.refit)
+    # After GPTQ, each group's scale and bias re-solved for the least output error (gptq.refit); every round past
+    # the first runs GPTQ again onto the refitted ranges and refits once more.
+    refit: int = 0
 
     def quantization(self, network: nn.Module) -> dict[str, Any]:
         """The mlx-lm quantization config for ``network``: default plus one entry per overridden module."""
