@@ -1,7 +1,8 @@
 """Try a recipe that is not shipped: convert with it, record the conversion's cost and the folder's cosines.
 
     .venv/bin/python benchmarks/recipe_trial.py '{"name": "x-...", "bits": 4, "gptq": true,
-        "overrides": [["embed_tokens", 8, 64]], "act_order": true}' [--measure size,cosine_validation] [--keep]
+        "overrides": [["embed_tokens", 8, 64]], "act_order": true}' [--measure size,cosine_validation] [--keep] \
+        [--statistics DIR]
 
 The JSON holds ``convert.recipes.Recipe``'s fields. The folder is written to /tmp/rs-NAME and removed
 afterwards unless --keep. Records go to benchmarks/results/precision-linux-x86_64.jsonl: one
@@ -23,6 +24,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 import mlx_embedgemma
 from mlx_embedgemma.benchmarks import precision, quality
 from mlx_embedgemma.benchmarks.fingerprint import git_commit
@@ -43,6 +46,10 @@ def main() -> None:
     parser.add_argument("--measure", default="size,cosine_validation", help=f"of {', '.join(precision.MEASUREMENTS)}")
     parser.add_argument("--results", type=Path, default=precision.HERE / "results" / "precision-linux-x86_64.jsonl")
     parser.add_argument("--keep", action="store_true", help="keep the converted folder")
+    parser.add_argument("--statistics", type=Path, default=None, metavar="DIR",
+                        help="keep GPTQ's calibration statistics in DIR and reuse them when a later trial asks for the same "
+                             "calibration (file, tokens, sampling): trials that differ only after calibration then skip it; "
+                             "their conversion record says so and its time is not the recipe's")
     args = parser.parse_args()
 
     spec = json.loads(args.recipe)
@@ -53,11 +60,13 @@ def main() -> None:
     recipes.RECIPES[recipe.name] = recipe
     out = Path(f"/tmp/rs-{recipe.name}")
     commit = git_commit()
+    reused = args.statistics and reuse_statistics(args.statistics, recipe)
     began, cpu = time.perf_counter(), cpu_seconds()
     converter.convert(args.source, out, recipe=recipe.name, force=True, log=lambda m: print(m, file=sys.stderr, flush=True))
     record = {
         "model": str(out), **quality.model_identity(mlx_embedgemma.load(out)), "measurement": "conversion",
         "seconds": round(time.perf_counter() - began, 1), "cpu_seconds": round(cpu_seconds() - cpu, 1),
+        "calibration_reused": bool(reused),
         "recipe_spec": {**asdict(recipe), "overrides": [list(o) for o in recipe.overrides]},
         "git_commit": commit, "machine": f"{platform.system()} {platform.machine()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -75,6 +84,26 @@ def main() -> None:
                 print(recipe.name, r["measurement"], {k: v for k, v in r.items() if k.endswith(("_mb", "per_weight"))})
     if not args.keep:
         shutil.rmtree(out)
+
+
+def reuse_statistics(folder: Path, recipe: recipes.Recipe) -> bool:
+    """Wrap the converter's calibration so its statistics are saved to, or read from, ``folder``; True if read."""
+    # Keyed by the calibration settings only: clear the folder after changing the network or calibration code.
+    key = f"{recipe.calibration}-{recipe.calibration_tokens}-{recipe.sample_tokens}"
+    path = folder / f"{key}.npz"
+    collect = converter.collect_hessians
+
+    def cached(*args, **kwargs):
+        if path.exists():
+            with np.load(path) as saved:
+                return {name: saved[name] for name in saved.files}
+        hessians = collect(*args, **kwargs)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **hessians)
+        return hessians
+
+    converter.collect_hessians = cached
+    return path.exists()
 
 
 if __name__ == "__main__":
