@@ -93,8 +93,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--speed-only", type=int, default=None, metavar="STEPS",
                         help="train this many steps and record speed and memory only (no export, no scores)")
-    parser.add_argument("--hard-negatives", type=int, default=None, metavar="K",
-                        help="mine K negatives per training pair with the base model first (as `finetune --hard-negatives`)")
     parser.add_argument("--recipe", default="q4-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
@@ -128,14 +126,6 @@ def main() -> None:
     hint = slow_blas_hint()
     if hint:
         log(hint)
-    mining_seconds = 0.0
-    if args.hard_negatives:
-        from mlx_embedgemma.training.mining import mine_hard_negatives
-
-        began = time.perf_counter()
-        examples = mine_hard_negatives(examples, trainer.embed_texts, args.hard_negatives)
-        mining_seconds = time.perf_counter() - began
-        log(f"mined {args.hard_negatives} hard negatives per pair among the training answers in {mining_seconds:.0f} s")
     shutil.rmtree(args.work / "checkpoint", ignore_errors=True)
     report = trainer.train(examples, args.work / "checkpoint", log=log, stop_after=args.speed_only, on_progress=lambda p: log(
         f"step {p.step}/{p.total} loss {p.loss:.4f} {p.steps_per_s:.3f} steps/s {p.tokens_per_s:.0f} tokens/s"))
@@ -145,7 +135,6 @@ def main() -> None:
         "benchmark": "finetune-speed" if args.speed_only else "finetune",
         "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims), "recipe": args.recipe},
         "train_pairs": len(examples), "trainable_parameters": report.trainable_parameters,
-        "hard_negatives": args.hard_negatives, "mining_seconds": round(mining_seconds, 1),
         "ld_preload": os.environ.get("LD_PRELOAD"), "cache_seconds": round(report.cache_seconds, 1),
         "steps": report.steps, "train_seconds": round(report.seconds, 1), "tokens": report.tokens,
         "tokens_per_s": round(report.tokens_per_s, 1), "peak_rss_mb_training": round(training_peak, 1),
