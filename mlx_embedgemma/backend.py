@@ -298,19 +298,15 @@ def before_pass(plan: Plan, network: nn.Module, tokens: int) -> None:
             module.release_after_call = stream
 
 
-def after_pass(plan: Plan, network: nn.Module) -> None:
+def after_pass(plan: Plan) -> None:
     """Keep memory flat across passes (call with FORWARD_LOCK held).
 
-    CPU: the embedding table's mapped pages leave the resident set (they stay in the page cache), MLX's
-    cached buffers go back to malloc, and glibc returns the freed heap to the system, or the peak creeps
-    up pass after pass (records: memory-linux-x86_64-2core.jsonl). GPU: the cache limit set at load bounds
-    the cache.
+    CPU: MLX's cached buffers go back to malloc, and glibc returns the freed heap to the system, or the
+    peak creeps up pass after pass (records: memory-linux-x86_64-2core.jsonl). GPU: the cache limit set at
+    load bounds the cache.
     """
     if plan.device != "cpu":
         return
-    table = network.model.embed_tokens
-    if hasattr(table, "release"):
-        table.release()
     mx.clear_cache()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

@@ -218,7 +218,7 @@ class EmbeddingGemma:
                     emb = self.network(mx.array(tokens), mx.array(valid), self.compute_dtype)
                     out[batch] = np.array(emb.astype(mx.float32))
                 finally:
-                    backend.after_pass(self.plan, self.network)
+                    backend.after_pass(self.plan)
             if progress is not None:
                 progress(len(batch))
         return out

@@ -1,18 +1,19 @@
 """Embedding rows read on demand from the weights file, so the table never becomes resident.
 
 The token embedding table is two thirds of the model (201 M of 308 M parameters; 113 MB at 4 bits),
-yet a batch only needs the rows of the tokens it contains. The table's tensors are memory-mapped from
-``model.safetensors``; each lookup copies the rows it needs, and after each forward pass the table's
-mapped pages are let go (MADV_DONTNEED on clean, file-backed pages: on Linux they stay in the page cache
-but leave the process's resident set), so RSS does not creep up as texts with new tokens arrive. The same
-maps serve the Linear layers that the plan reads in place; their pages stay mapped, since every pass
-reads all of them (faulting 57 MB back in per pass cost more than the matmuls of a short query).
+yet a batch only needs the rows of the tokens it contains. Each lookup reads just those rows from
+``model.safetensors`` with pread: they land in the page cache, which the kernel may reclaim at any time,
+never in the process's resident set, so RSS does not creep up as texts with new tokens arrive, on Linux
+or macOS. The Linear layers that the plan reads in place use a memory map of the same file; their pages
+stay mapped, since every pass reads all of them (faulting 57 MB back in per pass cost more than the
+matmuls of a short query).
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,33 @@ class SafetensorsMap:
         with path.open("rb") as f:
             self.header, self._data_start = read_header(f, path.stat().st_size)
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._fd = os.open(path, os.O_RDONLY)  # for rows(); closed in __del__
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def rows(self, name: str, index: np.ndarray) -> np.ndarray:
-        """Copies of the given rows of a 2-D tensor; only their pages are read."""
+        """Copies of the given rows of a 2-D tensor, read with pread: never through the map, so no page of
+        the table enters the process's resident set, whatever the kernel maps around a fault (Linux maps
+        whole large folios of a freshly written file) and whether or not it honours MADV_DONTNEED (macOS
+        takes it as advice)."""
         info = self.header[name]
         if info["dtype"] not in _DTYPES or len(info["shape"]) != 2:
             raise ValueError(f"{self.path}: tensor {name} ({info['dtype']}, {info['shape']}) cannot be row-mapped")
         start, end = info["data_offsets"]
         rows, _ = info["shape"]
-        # As bytes: safetensors does not align tensors, and numpy copies a whole unaligned array to index it.
-        table = np.frombuffer(self._map, np.uint8, end - start, self._data_start + start).reshape(rows, -1)
-        return np.take(table, index, axis=0).view(_DTYPES[info["dtype"]])
+        width = (end - start) // rows
+        wanted, where = np.unique(np.asarray(index, np.int64), return_inverse=True)
+        if wanted.size and not 0 <= wanted[0] <= wanted[-1] < rows:
+            raise IndexError(f"{name}: row ids must lie in 0..{rows - 1}")
+        out = np.empty((wanted.size, width), np.uint8)  # as bytes: safetensors does not align tensors
+        base = self._data_start + start
+        for i, row in enumerate(wanted.tolist()):
+            if os.preadv(self._fd, [out[i]], base + row * width) != width:
+                raise OSError(f"{self.path}: short read of {name} row {row}; the file changed or was truncated")
+        return out[where.reshape(-1)].view(_DTYPES[info["dtype"]])
 
     def view(self, name: str) -> np.ndarray:
         """A whole tensor as a numpy view of the map (no copy; may be unaligned). bfloat16 shows as uint16."""
@@ -70,12 +87,9 @@ class SafetensorsMap:
     def is_bfloat16(self, name: str) -> bool:
         return self.header[name]["dtype"] == "BF16"
 
-    def release(self, names: list[str] | None = None) -> None:
-        """Let the pages of these tensors (default: the whole file) leave the resident set."""
+    def release(self, names: list[str]) -> None:
+        """Let the mapped pages of these tensors leave the resident set."""
         if not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        if names is None:
-            self._map.madvise(mmap.MADV_DONTNEED)
             return
         for name in names:
             start, end = (self._data_start + o for o in self.header[name]["data_offsets"])
@@ -106,10 +120,6 @@ class MappedEmbedding(nn.Module):
         name = self._rows.names[key]
         rows = mx.array(self._rows.file.rows(name, ids))
         return rows.view(mx.bfloat16) if self._rows.file.is_bfloat16(name) else rows
-
-    def release(self) -> None:
-        """The table's pages leave the resident set (only the rows of the last pass were read)."""
-        self._rows.file.release(list(self._rows.names.values()))
 
     def __call__(self, ids: mx.array) -> mx.array:
         flat = np.asarray(ids).reshape(-1)

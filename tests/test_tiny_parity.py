@@ -143,3 +143,38 @@ def test_embedding_table_is_read_from_disk_on_demand(tiny_f32):
     model = load(tiny_f32)
     assert isinstance(model.network.model.embed_tokens, MappedEmbedding)
     assert not any(name.startswith("model.embed_tokens") for name, _ in tree_flatten(model.network.parameters()))
+
+
+def test_table_rows_are_read_without_entering_the_resident_set(tmp_path):
+    # Rows come by pread, not through the map: on Linux the table's mapping then holds no resident page
+    # after a lookup, even of a file just written (whose page-cache folios a fault on the map would map
+    # whole). The rows themselves must be exact, for repeated and unsorted ids too.
+    import mlx.core as mx
+
+    from mlx_embedgemma.mapped import SafetensorsMap
+
+    table = np.random.default_rng(0).integers(0, 2**32, size=(4096, 96), dtype=np.uint32)
+    scales = np.random.default_rng(1).standard_normal((4096, 12)).astype(np.float16)
+    path = tmp_path / "model.safetensors"
+    mx.save_safetensors(str(path), {"t.weight": mx.array(table), "t.scales": mx.array(scales)})
+    file = SafetensorsMap(path)
+    ids = np.array([7, 4095, 0, 7, 1234, 3], np.int64)
+    np.testing.assert_array_equal(file.rows("t.weight", ids), table[ids])
+    np.testing.assert_array_equal(file.rows("t.scales", ids), scales[ids])
+    with pytest.raises(IndexError, match="0..4095"):
+        file.rows("t.weight", np.array([4096]))
+    file.rows("t.weight", np.arange(4096))
+    from pathlib import Path
+
+    smaps = Path("/proc/self/smaps")
+    if not smaps.exists():
+        pytest.skip("resident pages per mapping are read from Linux's /proc/self/smaps")
+    rss_kb, inside = None, False
+    for line in smaps.read_text().splitlines():
+        if line.split()[-1:] == [str(path)] and "-" in line.split()[0]:
+            inside = True
+        elif inside and line.startswith("Rss:"):
+            rss_kb = int(line.split()[1])
+            break
+    assert rss_kb is not None, "the file is mapped"
+    assert rss_kb < 64, f"{rss_kb} kB of a 1.6 MB table resident after reading every row"
