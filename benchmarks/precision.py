@@ -126,9 +126,11 @@ def read_results(path: Path) -> list[dict]:
 MEASUREMENTS = ("size", "cosine_reference", "cosine_validation", "memory_docs128", "sts", "retrieval")
 
 
-def run(models: list[str], results: Path, memory_scale: float, only: tuple[str, ...] = MEASUREMENTS) -> None:
+def run(models: list[str], results: Path, memory_scale: float, only: tuple[str, ...] = MEASUREMENTS,
+        again: bool = False) -> None:
     # Keyed by the kernel too: a new activation width or kernel is a new measurement of the same weights.
-    done = {(r["weights_sha256"], r["measurement"], r.get("kernel")) for r in read_results(results)}
+    # ``again`` measures anyway: memory depends on the code as well as the weights.
+    done = set() if again else {(r["weights_sha256"], r["measurement"], r.get("kernel")) for r in read_results(results)}
     measurements = {
         "size": measure_size,
         "cosine_reference": lambda m: measure_text_set(m, "reference"),
@@ -211,6 +213,7 @@ def main() -> None:
     parser.add_argument("--memory-scale", type=float, default=0.1, help="fraction of scenario b's 2,000 documents")
     parser.add_argument("--table-only", action="store_true", help="render the table from the results file, measure nothing")
     parser.add_argument("--measure", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {', '.join(MEASUREMENTS)}")
+    parser.add_argument("--again", action="store_true", help="measure even what the results file already has for these weights")
     args = parser.parse_args()
     only = tuple(args.measure.split(","))
     if unknown := set(only) - set(MEASUREMENTS):
@@ -218,7 +221,7 @@ def main() -> None:
     if not args.table_only:
         if not args.models:
             parser.error("give model folders to measure, or --table-only")
-        run(args.models, args.results, args.memory_scale, only)
+        run(args.models, args.results, args.memory_scale, only, args.again)
     print(table(args.models, args.results))
 
 
