@@ -38,6 +38,18 @@ def test_float32_matches_reference_on_every_row(f32_embeddings, reference):
     assert len(long_rows) == 2  # the 785- and 2048-token rows are covered
 
 
+def test_default_4bit_recipe_holds_its_cosine_bars_on_the_reference(real_q4, reference):
+    # The default recipe (convert's default, GPTQ included) against sentence-transformers' float32
+    # embeddings: the bars of issue 14 it meets (mean >= 0.99, min >= 0.98; measured 0.9938 / 0.9873 with
+    # this machine's default plan). A broken kernel, a wrong weight or a lost GPTQ step falls far below.
+    rows, expected = reference
+    with pytest.warns(UserWarning, match="1 of"):
+        cosines = np.sum(encode_rows(load(real_q4), rows) * expected, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines.mean() >= 0.99 and cosines.min() >= 0.98, (
+        f"mean {cosines.mean():.4f}; worst {rows[worst]['id']} ({rows[worst]['n_tokens']} tokens): {cosines[worst]:.4f}")
+
+
 def _redplanet(embeddings, rows):
     index = {r["id"]: i for i, r in enumerate(rows)}
     q, *docs = (embeddings[index[name]] for name in REDPLANET)
