@@ -61,12 +61,19 @@ def test_float32_redplanet_similarities(f32_embeddings, reference):
     np.testing.assert_allclose(_redplanet(f32_embeddings, rows), REDPLANET_SIMILARITIES, atol=0.002)
 
 
-@pytest.mark.parametrize("folder", ["real_q4", "real_q8"])
-def test_quantized_redplanet_keeps_the_ranking(folder, request, reference):
+@pytest.mark.parametrize("folder,tolerance", [("real_q4", 0.03), ("real_q8", 0.002)])
+def test_quantized_redplanet_similarities(folder, tolerance, request, reference):
+    # Each similarity near the model card's float32 value: 4-bit recipes have been seen up to 0.022 off
+    # (0.002 for 8-bit), a wrong kernel or weight is off by far more. Mars comes first at any width; the
+    # whole ranking is asked of 8 bits only: Jupiter and Saturn are 0.0038 apart, a tie at 4 bits (the
+    # default before act-order and today's both swap them, the act-order one between them did not).
     rows, _ = reference
     subset = [r for r in rows if r["id"] in REDPLANET]
     sims = _redplanet(encode_rows(load(request.getfixturevalue(folder)), subset), subset)
-    assert list(np.argsort(-sims)) == list(np.argsort(-np.array(REDPLANET_SIMILARITIES))), sims
+    np.testing.assert_allclose(sims, REDPLANET_SIMILARITIES, rtol=0, atol=tolerance)
+    assert int(np.argmax(sims)) == 1, sims
+    if folder == "real_q8":
+        assert list(np.argsort(-sims)) == list(np.argsort(-np.array(REDPLANET_SIMILARITIES))), sims
 
 
 def test_alone_equals_inside_a_padded_batch(real_f32, reference):
