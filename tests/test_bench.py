@@ -131,7 +131,8 @@ def test_import_cost_is_recorded(bench_records):
     _, records = bench_records
     (r,) = [r for r in records if r["kind"] == "import"]
     assert r["runner"] == "mlx-embedgemma" and r["runs"] >= 1 and r["modules"] > 0
-    assert r["import_ms"] > 0 and r["rss_mb"] >= r["python_rss_mb"] > 0
+    # Separate processes: their RSS differs by page-level noise (seen: 9.7 against 9.8 MB), hence 1 MB of slack.
+    assert r["import_ms"] > 0 and r["rss_mb"] >= r["python_rss_mb"] - 1 and r["python_rss_mb"] > 0
 
 
 def test_report_renders_tables_and_plots(bench_records, tmp_path):
