@@ -55,11 +55,13 @@ def split(data: Path, heldout_fraction: float, seed: int):
     examples = [Example(queries[q], corpus[answer[q]], line=i + 1) for i, q in enumerate(trainable)]
     docs = sorted(corpus)
     index = {d: i for i, d in enumerate(docs)}
+    trained = {answer[q] for q in trainable}
     evaluation = {
         "queries": [queries[q] for q in heldout_queries],
         "docs": [corpus[d] for d in docs],
         "relevant": [{index[answer[q]]} for q in heldout_queries],
         "heldout_answers": len(held),
+        "unseen": [i for i, d in enumerate(docs) if d not in trained],  # answers no training pair holds
     }
     return examples, evaluation
 
@@ -71,8 +73,14 @@ def scores(path: Path, evaluation: dict, sts_pairs: list[dict]) -> dict:
     a = model.encode([p["sentence1"] for p in sts_pairs], prompt_name="STS")
     b = model.encode([p["sentence2"] for p in sts_pairs], prompt_name="STS")
     gold = np.array([p["score"] for p in sts_pairs])
+    unseen = evaluation["unseen"]
+    position = {d: i for i, d in enumerate(unseen)}
+    relevant_unseen = [{position[d] for d in r} for r in evaluation["relevant"]]
     return {
         "ndcg@10": {d: round(100 * ndcg_at_10(truncate(qs, d) @ truncate(docs, d).T, evaluation["relevant"]), 2) for d in DIMS},
+        "ndcg@10_unseen_answers": {
+            d: round(100 * ndcg_at_10(truncate(qs, d) @ truncate(docs[unseen], d).T, relevant_unseen), 2) for d in DIMS
+        },
         "sts_spearman": {d: round(100 * spearman(np.sum(truncate(a, d) * truncate(b, d), axis=1), gold), 2) for d in DIMS},
     }
 
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--heldout-fraction", type=float, default=0.2, help="of the answers that have questions")
     parser.add_argument("--sts-pairs", type=int, default=None, help="the first N STS-B dev pairs [default: all]")
     parser.add_argument("--train-layers", type=int, default=3, help="train the top K blocks and the head; -1: all blocks")
+    parser.add_argument("--freeze-head", action="store_true", help="keep the base's Dense head")
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters instead of the weights")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mini-batch-size", type=int, default=None)
@@ -120,7 +129,7 @@ def main() -> None:
     settings = Settings(
         epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, learning_rate=args.learning_rate,
         max_length=args.max_length, lora_rank=args.lora_rank, seed=args.seed, checkpoint_every=10**9,
-        train_layers=None if args.train_layers < 0 else args.train_layers,
+        train_layers=None if args.train_layers < 0 else args.train_layers, freeze_head=args.freeze_head,
     )
     trainer = Trainer(load_base(args.source), settings)
     hint = slow_blas_hint()

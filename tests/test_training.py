@@ -121,14 +121,16 @@ def test_training_the_top_blocks_from_kept_states_gives_the_whole_networks_gradi
         np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path):
+@pytest.mark.parametrize("freeze_head", [False, True])
+def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path, freeze_head):
     examples = read_examples(write_jsonl(tmp_path / "train.jsonl", pairs(10)))
     before = {k: np.array(v) for k, v in tree_flatten(load_base(tiny_source).network.parameters())}
-    report, after = train_params(tiny_source, examples, tmp_path / "ckpt", settings={"train_layers": 2})
+    report, after = train_params(tiny_source, examples, tmp_path / "ckpt", settings={"train_layers": 2, "freeze_head": freeze_head})
     assert report.cache_seconds > 0 and report.losses[-1] < report.losses[0]
+    frozen = ("model.embed_tokens", "model.layers.0.", "model.layers.1.") + (("dense.",) if freeze_head else ())
     for name, value in before.items():
         moved = float(np.abs(after[name] - value).max())
-        if name.startswith(("model.embed_tokens", "model.layers.0.", "model.layers.1.")):
+        if name.startswith(frozen):
             assert moved == 0, name
         elif name.startswith(("model.layers.3.self_attn", "model.layers.3.mlp", "dense.")):
             assert moved > 0, name
@@ -141,6 +143,7 @@ def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path):
         ({"train_layers": -1}, "--train-layers must be a number of blocks in 0..4"),
         ({"train_layers": 0, "lora_rank": 2}, "trains nothing"),
         ({"train_layers": 2, "train_embeddings": True}, "pass one of them"),
+        ({"train_layers": 0, "freeze_head": True}, "only the final norm"),
     ],
 )
 def test_bad_train_layers_are_refused(tiny_source, settings, message):

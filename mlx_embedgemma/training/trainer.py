@@ -57,6 +57,9 @@ class Settings:
     anchor_prompt: str = "query"
     document_prompt: str = "document"
     train_embeddings: bool = False
+    # Keep the base's Dense head: on a small domain set, training it moved the whole embedding geometry and
+    # cost quality outside the domain (benchmarks/finetune.py's records); the blocks alone forget far less.
+    freeze_head: bool = False
     warmup_ratio: float = 0.1
     checkpoint_every: int = 50
 
@@ -75,6 +78,8 @@ class Settings:
                 raise SettingsError(f"--train-layers must be a number of blocks in 0..{layers}, got {self.train_layers!r}")
             if self.train_embeddings:
                 raise SettingsError("--train-embeddings trains the bottom of the network, which --train-layers freezes: pass one of them")
+            if self.freeze_head and self.train_layers == 0:
+                raise SettingsError("--freeze-head with --train-layers 0 leaves only the final norm to train: pass --train-layers 1 or more, or drop --freeze-head")
             if self.lora_rank and self.train_layers == 0:
                 raise SettingsError("--lora-rank with --train-layers 0 trains nothing (LoRA adapts blocks, not the head): pass --train-layers 1 or more, or drop --lora-rank")
         if self.batch_size < 2:
@@ -137,6 +142,9 @@ class Trainer:
                 self.network.model.embed_tokens.freeze()
             for layer in self.network.model.layers[:frozen]:
                 layer.freeze()
+            if settings.freeze_head:  # LoRA leaves the head frozen anyway
+                for layer in self.network.dense:
+                    layer.freeze()
             self.trainable = sum(v.size for _, v in tree_flatten(self.network.trainable_parameters()))
         if self.dtype != mx.float32:
             precision.cast_floats(self.network, self.dtype)
