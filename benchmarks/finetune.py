@@ -68,20 +68,25 @@ def split(data: Path, heldout_fraction: float, seed: int):
 
 def scores(path: Path, evaluation: dict, sts_pairs: list[dict]) -> dict:
     model = mlx_embedgemma.load(path)
-    docs = model.encode(evaluation["docs"], prompt_name="document")
-    qs = model.encode(evaluation["queries"], prompt_name="query")
-    a = model.encode([p["sentence1"] for p in sts_pairs], prompt_name="STS")
-    b = model.encode([p["sentence2"] for p in sts_pairs], prompt_name="STS")
-    gold = np.array([p["score"] for p in sts_pairs])
-    unseen = evaluation["unseen"]
+    return score(
+        model.encode(evaluation["queries"], prompt_name="query"), model.encode(evaluation["docs"], prompt_name="document"),
+        evaluation["relevant"], evaluation["unseen"],
+        model.encode([p["sentence1"] for p in sts_pairs], prompt_name="STS"),
+        model.encode([p["sentence2"] for p in sts_pairs], prompt_name="STS"), sts_pairs,
+    )
+
+
+def score(qs, docs, relevant: list[set[int]], unseen: list[int], sts_a, sts_b, sts_pairs: list[dict]) -> dict:
+    """NDCG@10 of queries against all docs and against the unseen ones only, and STS-B Spearman, per dim."""
     position = {d: i for i, d in enumerate(unseen)}
-    relevant_unseen = [{position[d] for d in r} for r in evaluation["relevant"]]
+    relevant_unseen = [{position[d] for d in r} for r in relevant]
+    gold = np.array([p["score"] for p in sts_pairs])
     return {
-        "ndcg@10": {d: round(100 * ndcg_at_10(truncate(qs, d) @ truncate(docs, d).T, evaluation["relevant"]), 2) for d in DIMS},
+        "ndcg@10": {d: round(100 * ndcg_at_10(truncate(qs, d) @ truncate(docs, d).T, relevant), 2) for d in DIMS},
         "ndcg@10_unseen_answers": {
             d: round(100 * ndcg_at_10(truncate(qs, d) @ truncate(docs[unseen], d).T, relevant_unseen), 2) for d in DIMS
         },
-        "sts_spearman": {d: round(100 * spearman(np.sum(truncate(a, d) * truncate(b, d), axis=1), gold), 2) for d in DIMS},
+        "sts_spearman": {d: round(100 * spearman(np.sum(truncate(sts_a, d) * truncate(sts_b, d), axis=1), gold), 2) for d in DIMS},
     }
 
 
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--sts-pairs", type=int, default=None, help="the first N STS-B dev pairs [default: all]")
     parser.add_argument("--train-layers", type=int, default=3, help="train the top K blocks and the head; -1: all blocks")
     parser.add_argument("--freeze-head", action="store_true", help="keep the base's Dense head")
+    parser.add_argument("--tuned-weight", type=float, default=1.0, help="export base + W * (tuned - base)")
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters instead of the weights")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mini-batch-size", type=int, default=None)
@@ -129,7 +135,7 @@ def main() -> None:
     settings = Settings(
         epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, learning_rate=args.learning_rate,
         max_length=args.max_length, lora_rank=args.lora_rank, seed=args.seed, checkpoint_every=10**9,
-        train_layers=None if args.train_layers < 0 else args.train_layers, freeze_head=args.freeze_head,
+        train_layers=None if args.train_layers < 0 else args.train_layers, freeze_head=args.freeze_head, tuned_weight=args.tuned_weight,
     )
     trainer = Trainer(load_base(args.source), settings)
     hint = slow_blas_hint()

@@ -2,18 +2,22 @@
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 \
     .venv/bin/python benchmarks/finetune_search.py --learning-rate 1e-5 [--freeze-head] [--epochs 1] \
-        [--batch-size 32] [--train-layers 3] [--base-only]
+        [--batch-size 32] [--train-layers 3] [--interpolate 1,0.5] [--base-only]
 
 finetune.py holds out 20% of AIA-BDE's answers (seed 0) and their questions for its final scores. This
 script takes only the remaining training pairs and splits them the same way again (20% of their
 answers, seed 1): the dev queries are the questions about dev answers, training uses the rest. Each dev
 query ranks all 846 answers ("all", as finetune.py scores) and, separately, only the answers no training
-pair holds ("unseen"); STS-B Spearman on the first 500 dev pairs measures forgetting. Everything runs
+pair holds ("unseen"); STS-B Spearman on all 1,500 dev pairs measures forgetting.
+``--interpolate 1,0.5`` scores the weights base + a * (tuned - base) for each a (1 is the tuned
+model, 0 the base), one record each: the retrieval/forgetting trade-off of one run. Everything runs
 in float32 through the kept output of the frozen blocks (training/frozen.py), which is what makes a
 setting cost minutes: that output is computed once (about 18 minutes here) and kept in
 ``--cache`` between runs. Documents are cut at 256 tokens for these scores, queries and training texts
 at 128, so the figures are comparable with each other, not with finetune.py's (whole documents).
-One record per run in benchmarks/results/finetune-search-linux-x86_64-2core.jsonl.
+One record per scored model in benchmarks/results/finetune-search-linux-x86_64-2core.jsonl, with
+finetune.py's score names (its ``score``); the first records, made before ``--interpolate``, name
+them ndcg@10_all / ndcg@10_unseen and score the first 500 STS pairs only.
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ from pathlib import Path
 import mlx_embedgemma  # first: picks the BLAS before mlx.core is imported
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_embedgemma.benchmarks.finetune import DATA, split
+from mlx_embedgemma.benchmarks.finetune import DATA, score, split
 from mlx_embedgemma.benchmarks.fingerprint import fingerprint
-from mlx_embedgemma.benchmarks.quality import DIMS, ndcg_at_10, read_jsonl, spearman, truncate
+from mlx_embedgemma.benchmarks.quality import read_jsonl
 from mlx_embedgemma.training.base import load_base
-from mlx_embedgemma.training.batches import pad, tokenize
+from mlx_embedgemma.training.batches import embed_all, tokenize
+from mlx_embedgemma.training import checkpoint
 from mlx_embedgemma.training.trainer import Settings, Trainer
 
 OUTPUT = Path(__file__).resolve().parent / "results" / "finetune-search-linux-x86_64-2core.jsonl"
-STS_PAIRS, QUERY_LENGTH, DOCUMENT_LENGTH = 500, 128, 256
+QUERY_LENGTH, DOCUMENT_LENGTH = 128, 256
 
 
 def dev_split(examples):
@@ -57,6 +63,9 @@ def main() -> None:
     parser.add_argument("--train-layers", type=int, default=3)
     parser.add_argument("--freeze-head", action="store_true")
     parser.add_argument("--base-only", action="store_true", help="score the base model only")
+    parser.add_argument("--interpolate", default="1", help="comma-separated a: score base + a * (tuned - base)")
+    parser.add_argument("--reuse-checkpoint", action="store_true",
+                        help="score the last run's final checkpoint (same settings, checked) instead of training again")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/finetune-search"))
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
@@ -73,9 +82,7 @@ def main() -> None:
     relevant = [{index[e.positive]} for e in dev]
     trained = {e.positive for e in train}
     unseen = [i for i, d in enumerate(corpus) if d not in trained]
-    position = {d: i for i, d in enumerate(unseen)}
-    relevant_unseen = [{position[next(iter(r))]} for r in relevant]
-    sts = read_jsonl(DATA / "stsb_dev.jsonl")[:STS_PAIRS]
+    sts = read_jsonl(DATA / "stsb_dev.jsonl")
     log(f"{len(train)} training pairs; {len(dev)} dev queries; {len(corpus)} answers ({len(unseen)} unseen)")
 
     settings = Settings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=QUERY_LENGTH,
@@ -96,39 +103,36 @@ def main() -> None:
         kept.write_bytes(pickle.dumps(trainer.bottom.states))
         log(f"kept the frozen blocks' output of {len(trainer.bottom.states)} texts in {kept}")
 
-    def embed(token_rows: list[list[int]]) -> np.ndarray:
-        order = np.argsort([len(r) for r in token_rows], kind="stable")
-        out = np.empty((len(token_rows), trainer.network.args.embedding_dim), np.float32)
-        for start in range(0, len(token_rows), 32):
-            chunk = order[start : start + 32]
-            vectors = trainer.bottom.embed(pad([token_rows[i] for i in chunk]))
-            mx.eval(vectors)
-            out[chunk] = np.asarray(vectors)
-        return out
+    def scores() -> dict:
+        dim = trainer.network.args.embedding_dim
+        q, d, s = (embed_all(trainer.bottom.embed, rows, dim, 32) for rows in (queries, documents, pairs))
+        return score(q, d, relevant, unseen, s[: len(sts)], s[len(sts) :], sts)
 
-    report = None
-    if not args.base_only:
+    base = dict(tree_flatten(trainer.network.trainable_parameters()))  # mlx arrays are immutable: training replaces, never overwrites
+    report, steps = None, 0
+    if args.reuse_checkpoint:
+        saved = checkpoint.load(args.cache / "checkpoint", trainer.settings_record(len(train)))
+        trainer.network.update(tree_unflatten(saved.parameters))
+        steps = saved.step
+    elif not args.base_only:
         shutil.rmtree(args.cache / "checkpoint", ignore_errors=True)
         report = trainer.train(train, args.cache / "checkpoint", log=log, on_progress=lambda p: log(
             f"step {p.step}/{p.total} loss {p.loss:.4f} {p.tokens_per_s:.0f} tokens/s") if p.step % 10 == 0 else None)
-    q, d, s = embed(queries), embed(documents), embed(pairs)
-    gold = np.array([p["score"] for p in sts])
-    scores = {
-        "ndcg@10_all": {n: round(100 * ndcg_at_10(truncate(q, n) @ truncate(d, n).T, relevant), 2) for n in DIMS},
-        "ndcg@10_unseen": {n: round(100 * ndcg_at_10(truncate(q, n) @ truncate(d[unseen], n).T, relevant_unseen), 2) for n in DIMS},
-        "sts_spearman": {n: round(100 * spearman(np.sum(truncate(s[: len(sts)], n) * truncate(s[len(sts):], n), axis=1), gold), 2) for n in DIMS},
-    }
-    record = {
-        "benchmark": "finetune-search", "model": "base" if args.base_only else "tuned",
-        "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims)},
-        "split": "finetune.py's training pairs, split again by answer (20%, seed 1)",
-        "train_pairs": len(train), "dev_queries": len(dev), "corpus": len(corpus), "unseen_answers": len(unseen), "sts_pairs": len(sts),
-        "steps": report.steps if report else 0, "train_seconds": round(report.seconds, 1) if report else 0.0,
-        "scores": scores, **machine,
-    }
-    print(json.dumps(record), flush=True)
-    with args.output.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        steps = report.steps
+    tuned = dict(tree_flatten(trainer.network.trainable_parameters()))
+    for a in [0.0] if args.base_only else [float(x) for x in args.interpolate.split(",")]:
+        trainer.network.update(tree_unflatten([(k, base[k] + a * (tuned[k] - base[k])) for k in tuned]))
+        record = {
+            "benchmark": "finetune-search", "model": "base" if args.base_only else "tuned", "interpolation": a,
+            "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims)},
+            "split": "finetune.py's training pairs, split again by answer (20%, seed 1)",
+            "train_pairs": len(train), "dev_queries": len(dev), "corpus": len(corpus), "unseen_answers": len(unseen), "sts_pairs": len(sts),
+            "steps": steps, "train_seconds": round(report.seconds, 1) if report else None, "reused_checkpoint": args.reuse_checkpoint,
+            "scores": scores(), **machine,
+        }
+        log(json.dumps(record["scores"]))
+        with args.output.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

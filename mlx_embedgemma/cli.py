@@ -87,6 +87,8 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16 (float16 is refused: it overflows).")
 @click.option("--train-embeddings", is_flag=True, help="Train the token embedding table too (frozen by default: 2/3 of the weights).")
 @click.option("--freeze-head", is_flag=True, help="Keep the base's Dense head; train only the blocks (and the final norm). LoRA never trains the head.")
+@click.option("--tuned-weight", type=float, default=1.0, show_default=True,
+              help="Write base + W x (tuned - base) (WiSE-FT): below 1 keeps more of the base outside your domain.")
 @click.option("--anchor-prompt", default="query", show_default=True, help="Prompt name (or literal prompt text) for anchors.")
 @click.option("--document-prompt", default="document", show_default=True, help="Prompt name (or text) for positives and negatives.")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints (in OUTPUT.training).")
@@ -96,7 +98,7 @@ def convert(source: str, output: Path, recipe: str | None, bits: str | None, gro
 def finetune(base: Path, train_file: Path, output: Path, valid_file: Path | None, lora_rank: int | None, train_layers: int | None, epochs: int,
              max_steps: int | None, batch_size: int, mini_batch_size: int | None, learning_rate: float | None,
              matryoshka_dims: str, max_length: int, hard_negatives: int | None, recipe: str, dtype: str,
-             train_embeddings: bool, freeze_head: bool, anchor_prompt: str, document_prompt: str, checkpoint_every: int, seed: int,
+             train_embeddings: bool, freeze_head: bool, tuned_weight: float, anchor_prompt: str, document_prompt: str, checkpoint_every: int, seed: int,
              resume: bool, force: bool) -> None:
     """Fine-tune BASE on (anchor, positive) pairs and write a model folder that `load()` opens.
 
@@ -114,7 +116,8 @@ def finetune(base: Path, train_file: Path, output: Path, valid_file: Path | None
     settings = Settings(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, learning_rate=learning_rate,
         matryoshka_dims=dims, max_length=max_length, lora_rank=lora_rank, train_layers=train_layers, dtype=dtype, seed=seed, anchor_prompt=anchor_prompt,
-        document_prompt=document_prompt, train_embeddings=train_embeddings, freeze_head=freeze_head, checkpoint_every=checkpoint_every,
+        document_prompt=document_prompt, train_embeddings=train_embeddings, freeze_head=freeze_head, tuned_weight=tuned_weight,
+        checkpoint_every=checkpoint_every,
     )
     interactive = sys.stderr.isatty()
 

@@ -136,6 +136,30 @@ def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path, fre
             assert moved > 0, name
 
 
+@pytest.mark.parametrize("lora_rank", [None, 4])
+def test_tuned_weight_ends_on_the_line_from_base_to_tuned(tiny_source, tmp_path, lora_rank):
+    # --tuned-weight 0.25 must end at base + 0.25 * (tuned - base), tuned being the same run at weight 1 (same
+    # seed, same batches: equal to 1e-6, as resumed runs are). LoRA is compared merged: its adapters are not
+    # on that line (the update is B A), only the update's scale is.
+    examples = read_examples(write_jsonl(tmp_path / "train.jsonl", pairs(10)))
+
+    def run(folder, weight, resume=False):
+        trainer = Trainer(load_base(tiny_source), Settings(batch_size=4, max_length=64, matryoshka_dims=(64, 32), learning_rate=1e-3,
+                                                           train_layers=2, lora_rank=lora_rank, tuned_weight=weight))
+        trainer.train(examples, tmp_path / folder, resume=resume)
+        merge_lora(trainer.network)
+        return {k: np.array(v) for k, v in tree_flatten(trainer.network.parameters())}
+
+    base = {k: np.array(v) for k, v in tree_flatten(load_base(tiny_source).network.parameters())}
+    tuned, weighed = run("a", 1.0), run("b", 0.25)
+    assert max(float(np.abs(tuned[k] - v).max()) for k, v in base.items()) > 1e-3
+    for name, value in base.items():
+        np.testing.assert_allclose(weighed[name], value + 0.25 * (tuned[name] - value), rtol=0, atol=1e-6, err_msg=name)
+    resumed = run("b", 0.25, resume=True)  # a run resumed from its last checkpoint (the tuned weights) ends weighed too
+    for name, value in weighed.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=0, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -144,6 +168,8 @@ def test_a_top_blocks_run_leaves_the_bottom_untouched(tiny_source, tmp_path, fre
         ({"train_layers": 0, "lora_rank": 2}, "trains nothing"),
         ({"train_layers": 2, "train_embeddings": True}, "pass one of them"),
         ({"train_layers": 0, "freeze_head": True}, "only the final norm"),
+        ({"tuned_weight": 0.0}, "--tuned-weight must be in"),
+        ({"tuned_weight": 1.5}, "--tuned-weight must be in"),
     ],
 )
 def test_bad_train_layers_are_refused(tiny_source, settings, message):

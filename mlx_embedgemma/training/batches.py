@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -50,13 +50,13 @@ def embed(network: EmbeddingGemmaModel, tokens: Tokens, dtype: mx.Dtype) -> mx.a
     return network(tokens.ids, tokens.valid, dtype).astype(mx.float32)
 
 
-def embed_all(network: EmbeddingGemmaModel, rows: Sequence[Sequence[int]], dtype: mx.Dtype, batch_size: int = 16) -> np.ndarray:
-    """Embeddings of many texts without gradients, in batches of similar length (less padding)."""
+def embed_all(embed_batch: Callable[[Tokens], mx.array], rows: Sequence[Sequence[int]], dim: int, batch_size: int = 16) -> np.ndarray:
+    """``embed_batch`` over many texts without gradients, in batches of similar length (less padding)."""
     order = np.argsort([len(r) for r in rows], kind="stable")
-    out = np.empty((len(rows), network.args.embedding_dim), np.float32)
+    out = np.empty((len(rows), dim), np.float32)
     for start in range(0, len(rows), batch_size):
         chunk = order[start : start + batch_size]
-        vectors = embed(network, pad([rows[i] for i in chunk]), dtype)
+        vectors = embed_batch(pad([rows[i] for i in chunk]))
         mx.eval(vectors)
         out[chunk] = np.asarray(vectors)
     return out

@@ -61,6 +61,13 @@ def apply_lora(network: nn.Module, rank: int, alpha: float | None = None, first_
     return sum(m.lora_a.size + m.lora_b.size for _, m in wrapped)
 
 
+def scale_lora(network: nn.Module, factor: float) -> None:
+    """Multiply every adapter's update by ``factor`` (the update is linear in its scale)."""
+    for _, module in network.named_modules():
+        if isinstance(module, LoRALinear):
+            module.scale *= factor
+
+
 def merge_lora(network: nn.Module) -> None:
     """Replace every LoRALinear by a plain Linear holding W + scale * (A B)^T."""
     merged = [(path, module.merged()) for path, module in network.named_modules() if isinstance(module, LoRALinear)]

@@ -27,7 +27,7 @@ from .batches import Tokens, embed, embed_all, mini_batches, tokenize
 from .data import Example, check_lengths
 from .evaluation import Scores, evaluate
 from .frozen import FrozenBottom
-from .lora import apply_lora
+from .lora import apply_lora, scale_lora
 from .losses import cached_value_and_grad, matryoshka, multiple_negatives_ranking
 from .sampler import no_duplicate_batches
 
@@ -62,6 +62,9 @@ class Settings:
     freeze_head: bool = False
     warmup_ratio: float = 0.1
     checkpoint_every: int = 50
+    # The run ends at base + tuned_weight * (tuned - base), WiSE-FT's weight-space ensemble (Wortsman et al.,
+    # 2022): below 1 it gives back part of the in-domain gain for less forgetting outside the domain.
+    tuned_weight: float = 1.0
 
     def check(self, embedding_dim: int, layers: int) -> None:
         if self.dtype == "float16":
@@ -89,6 +92,8 @@ class Settings:
         bad = [d for d in self.matryoshka_dims if not 0 < d <= embedding_dim]
         if not self.matryoshka_dims or bad:
             raise SettingsError(f"--matryoshka-dims must list sizes in 1..{embedding_dim}, got {list(self.matryoshka_dims)}")
+        if not (isinstance(self.tuned_weight, (int, float)) and 0 < self.tuned_weight <= 1):
+            raise SettingsError(f"--tuned-weight must be in (0, 1] (1 keeps the tuned weights), got {self.tuned_weight!r}")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise SettingsError(f"--learning-rate must be a positive number, got {self.learning_rate}")
 
@@ -148,6 +153,9 @@ class Trainer:
             self.trainable = sum(v.size for _, v in tree_flatten(self.network.trainable_parameters()))
         if self.dtype != mx.float32:
             precision.cast_floats(self.network, self.dtype)
+        # What --tuned-weight moves back toward; LoRA needs no copy (its update is linear in its scale).
+        keep = settings.tuned_weight != 1 and not settings.lora_rank
+        self.start = dict(tree_flatten(self.network.trainable_parameters())) if keep else None
         self.loss = matryoshka(multiple_negatives_ranking, settings.matryoshka_dims)
         self.bottom = None if settings.train_layers is None else FrozenBottom(self.network, frozen, self.dtype)
 
@@ -160,7 +168,8 @@ class Trainer:
 
     def embed_texts(self, texts: list[str], column: str) -> np.ndarray:
         """Embeddings without gradients (evaluation, mining)."""
-        return embed_all(self.network, self.tokenize(texts, column)[0], self.dtype)
+        rows = self.tokenize(texts, column)[0]
+        return embed_all(lambda t: embed(self.network, t, self.dtype), rows, self.network.args.embedding_dim)
 
     def evaluate(self, examples: Sequence[Example]) -> Scores:
         return evaluate(examples, self.embed_texts, self.loss, self.settings.matryoshka_dims)
@@ -259,6 +268,20 @@ class Trainer:
             on_progress(Progress(step + 1, len(steps), report.losses[-1], (step + 1 - start) / report.seconds, report.tokens / report.seconds))
             if (step + 1) % self.settings.checkpoint_every == 0 or step + 1 == end:
                 checkpoint.save(checkpoints, step + 1, self.network.trainable_parameters(), optimizer.state, settings)
-        if valid and report.steps == len(steps):
-            report.valid_after = self.evaluate(valid)
+        if report.steps == len(steps):
+            self._weigh_tuned()
+            if valid:
+                report.valid_after = self.evaluate(valid)
         return report
+
+    def _weigh_tuned(self) -> None:
+        """Move the finished run to base + tuned_weight * (tuned - base); the checkpoints keep the tuned weights."""
+        a = self.settings.tuned_weight
+        if a == 1:
+            return
+        if self.settings.lora_rank:
+            scale_lora(self.network, a)
+        else:
+            tuned = tree_flatten(self.network.trainable_parameters())
+            self.network.update(tree_unflatten([(k, self.start[k] + a * (v - self.start[k])) for k, v in tuned]))
+        mx.eval(self.network.parameters())
