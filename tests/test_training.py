@@ -218,6 +218,10 @@ def test_finetune_command_end_to_end(tiny_source, tmp_path):
     assert model.config["fine_tuned_from"] == str(tiny_source)
     assert np.isfinite(model.encode(["mars is red"], prompt_name="query")).all()
     assert "lora" not in json.dumps(list(mx.load(str(out / "model.safetensors"))))
+    refused = CliRunner().invoke(main, ["finetune", str(tiny_source), "--train", train, "--output", str(tmp_path / "other"),
+                                         "--matryoshka-dims", "64,32", "--tuned-weight", "0"])
+    assert refused.exit_code != 0 and "--tuned-weight must be in (0, 1]" in refused.output
+    assert not (tmp_path / "other").exists()
 
 
 def test_hard_negatives_skip_the_positive_and_candidates_within_the_margin():
