@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--sts-pairs", type=int, default=None, help="the first N STS-B dev pairs [default: all]")
     parser.add_argument("--train-layers", type=int, default=3, help="train the top K blocks and the head; -1: all blocks")
     parser.add_argument("--freeze-head", action="store_true", help="keep the base's Dense head")
+    parser.add_argument("--train-embeddings", action="store_true", help="train the token table too (needs --train-layers -1)")
     parser.add_argument("--tuned-weight", type=float, default=1.0, help="export base + W * (tuned - base)")
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA adapters instead of the weights")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -136,6 +137,7 @@ def main() -> None:
         epochs=args.epochs, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, learning_rate=args.learning_rate,
         max_length=args.max_length, lora_rank=args.lora_rank, seed=args.seed, checkpoint_every=10**9,
         train_layers=None if args.train_layers < 0 else args.train_layers, freeze_head=args.freeze_head, tuned_weight=args.tuned_weight,
+        train_embeddings=args.train_embeddings,
     )
     trainer = Trainer(load_base(args.source), settings)
     hint = slow_blas_hint()
