@@ -2,7 +2,7 @@
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 \
     .venv/bin/python benchmarks/finetune_search.py --learning-rate 1e-5 [--freeze-head] [--epochs 1] \
-        [--batch-size 32] [--train-layers 3] [--interpolate 1,0.5] [--base-only]
+        [--batch-size 32] [--train-layers 3] [--interpolate 1,0.5] [--reuse-checkpoint] [--base-only]
 
 finetune.py holds out 20% of AIA-BDE's answers (seed 0) and their questions for its final scores. This
 script takes only the remaining training pairs and splits them the same way again (20% of their
@@ -40,9 +40,9 @@ from mlx_embedgemma.benchmarks.finetune import DATA, score, split
 from mlx_embedgemma.benchmarks.fingerprint import fingerprint
 from mlx_embedgemma.benchmarks.quality import read_jsonl
 from mlx_embedgemma.training.base import load_base
-from mlx_embedgemma.training.batches import embed_all, tokenize
 from mlx_embedgemma.training import checkpoint
-from mlx_embedgemma.training.trainer import Settings, Trainer
+from mlx_embedgemma.training.batches import embed_all, tokenize
+from mlx_embedgemma.training.trainer import Settings, Trainer, interpolate
 
 OUTPUT = Path(__file__).resolve().parent / "results" / "finetune-search-linux-x86_64-2core.jsonl"
 QUERY_LENGTH, DOCUMENT_LENGTH = 128, 256
@@ -121,7 +121,7 @@ def main() -> None:
         steps = report.steps
     tuned = dict(tree_flatten(trainer.network.trainable_parameters()))
     for a in [0.0] if args.base_only else [float(x) for x in args.interpolate.split(",")]:
-        trainer.network.update(tree_unflatten([(k, base[k] + a * (tuned[k] - base[k])) for k in tuned]))
+        trainer.network.update(interpolate(base, tuned, a))
         record = {
             "benchmark": "finetune-search", "model": "base" if args.base_only else "tuned", "interpolation": a,
             "settings": {**settings.__dict__, "matryoshka_dims": list(settings.matryoshka_dims)},

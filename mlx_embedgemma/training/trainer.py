@@ -129,6 +129,11 @@ class Report:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+def interpolate(start: dict[str, mx.array], end: dict[str, mx.array], a: float) -> dict:
+    """The parameter tree start + a * (end - start), over ``end``'s (flat) names."""
+    return tree_unflatten([(k, start[k] + a * (v - start[k])) for k, v in end.items()])
+
+
 class Trainer:
     def __init__(self, base: Base, settings: Settings):
         args = base.network.args
@@ -282,6 +287,5 @@ class Trainer:
         if self.settings.lora_rank:
             scale_lora(self.network, a)
         else:
-            tuned = tree_flatten(self.network.trainable_parameters())
-            self.network.update(tree_unflatten([(k, self.start[k] + a * (v - self.start[k])) for k, v in tuned]))
+            self.network.update(interpolate(self.start, dict(tree_flatten(self.network.trainable_parameters())), a))
         mx.eval(self.network.parameters())
