@@ -106,7 +106,8 @@ def storage_by_kind(config: dict[str, Any]) -> list[tuple[str, str]]:
         if len(groups) == 1:
             out.append((kind, next(iter(groups))))
         else:
-            out.append((kind, ", ".join(f"{s} ×{len(ix)} (blocks {_ranges(ix)})" for s, ix in groups.items())))
+            out.append((kind, ", ".join(f"{s} ×{len(ix)} ({'block' if len(ix) == 1 else 'blocks'} {_ranges(ix)})"
+                                        for s, ix in groups.items())))
     heads = sorted(k for k in q if k.startswith("dense."))
     out.append(("dense head", ", ".join(sorted({spec(k) for k in heads})) if heads else spec("dense.0")))
     return out

@@ -247,6 +247,6 @@ def test_storage_by_kind_names_each_width_and_the_blocks_that_use_it():
     rows = dict(storage_by_kind({"num_hidden_layers": 4, "quantization": quantization_config(4, 64, overrides)}))
     assert rows["embed_tokens"] == "8-bit g64" and rows["dense head"] == "8-bit g64"
     assert rows["q_proj"] == "4-bit g64 ×2 (blocks 0-1), 8-bit g64 ×2 (blocks 2-3)"
-    assert rows["o_proj"] == "4-bit g32 ×1 (blocks 0), 4-bit g64 ×1 (blocks 1), 8-bit g64 ×2 (blocks 2-3)"
+    assert rows["o_proj"] == "4-bit g32 ×1 (block 0), 4-bit g64 ×1 (block 1), 8-bit g64 ×2 (blocks 2-3)"
     assert storage_by_kind({"dtype": "float32"}) == []
 
