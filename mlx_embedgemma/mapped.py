@@ -1,6 +1,6 @@
 """Embedding rows read on demand from the weights file, so the table never becomes resident.
 
-The token embedding table is two thirds of the model (201 M of 308 M parameters; 164 MB at the default 6 bits),
+The token embedding table is two thirds of the model (201 M of 308 M parameters; 113 MB at 4 bits),
 yet a batch only needs the rows of the tokens it contains. Each lookup reads just those rows from
 ``model.safetensors`` with pread: they land in the page cache, which the kernel may reclaim at any time,
 never in the process's resident set, so RSS does not creep up as texts with new tokens arrive, on Linux
