@@ -35,8 +35,7 @@ def embeddings(path: str, data: Path, cache: Path) -> tuple[dict, dict[str, np.n
         with np.load(file) as saved:
             return identity, {k: saved[k] for k in saved.files}
     pairs = quality.read_jsonl(data / "stsb_dev.jsonl")
-    corpus = quality.read_jsonl(data / "aiabde_corpus.jsonl")
-    queries = quality.read_jsonl(data / "aiabde_queries.jsonl")
+    corpus, queries, _ = quality.retrieval_items(data)
     out = {
         "sts_a": model.encode([p["sentence1"] for p in pairs], prompt_name="STS"),
         "sts_b": model.encode([p["sentence2"] for p in pairs], prompt_name="STS"),
@@ -46,13 +45,6 @@ def embeddings(path: str, data: Path, cache: Path) -> tuple[dict, dict[str, np.n
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(file, **out)
     return identity, out
-
-
-def per_query_ndcg(queries: np.ndarray, docs: np.ndarray, relevant: list[set[int]]) -> np.ndarray:
-    top = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
-    discounts = 1 / np.log2(np.arange(2, 12))
-    return np.array([sum(discounts[i] for i, d in enumerate(row) if d in rel) / discounts[: min(len(rel), 10)].sum()
-                     for row, rel in zip(top, relevant)])
 
 
 def main() -> None:
@@ -66,23 +58,15 @@ def main() -> None:
     args = parser.parse_args()
 
     gold = np.array([p["score"] for p in quality.read_jsonl(args.data / "stsb_dev.jsonl")])
-    corpus = quality.read_jsonl(args.data / "aiabde_corpus.jsonl")
-    doc_index = {d["_id"]: i for i, d in enumerate(corpus)}
-    relevant: dict[str, set[int]] = {}
-    for q in quality.read_jsonl(args.data / "aiabde_qrels.jsonl"):
-        if q["score"] > 0:
-            relevant.setdefault(q["query_id"], set()).add(doc_index[q["doc_id"]])
-    query_ids = [q["_id"] for q in quality.read_jsonl(args.data / "aiabde_queries.jsonl")]
-    kept = [i for i, q in enumerate(query_ids) if q in relevant]
-    rel = [relevant[query_ids[i]] for i in kept]
+    _, _, rel = quality.retrieval_items(args.data)
     rng = np.random.default_rng(0)
     sts_draws = rng.integers(0, len(gold), size=(args.resamples, len(gold)))
-    query_draws = rng.integers(0, len(kept), size=(args.resamples, len(kept)))
+    query_draws = rng.integers(0, len(rel), size=(args.resamples, len(rel)))
 
     def scores(e: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
         sims = np.sum(quality.truncate(e["sts_a"], dim) * quality.truncate(e["sts_b"], dim), axis=1)
-        ndcg = per_query_ndcg(quality.truncate(e["queries"][kept], dim), quality.truncate(e["docs"], dim), rel)
-        return sims, ndcg
+        queries, docs = quality.truncate(e["queries"], dim), quality.truncate(e["docs"], dim)
+        return sims, quality.ndcg_per_query(queries @ docs.T, rel)
 
     base_id, base = embeddings(args.baseline, args.data, args.cache)
     for path in args.models:

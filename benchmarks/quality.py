@@ -37,7 +37,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
-def ndcg_at_10(scores: np.ndarray, relevant: list[set[int]]) -> float:
+def ndcg_per_query(scores: np.ndarray, relevant: list[set[int]]) -> np.ndarray:
     top = np.argsort(-scores, axis=1)[:, :10]
     discounts = 1 / np.log2(np.arange(2, 12))
     values = []
@@ -45,7 +45,11 @@ def ndcg_at_10(scores: np.ndarray, relevant: list[set[int]]) -> float:
         dcg = sum(discounts[i] for i, doc in enumerate(row) if doc in rel)
         ideal = discounts[: min(len(rel), 10)].sum()
         values.append(dcg / ideal)
-    return float(np.mean(values))
+    return np.array(values)
+
+
+def ndcg_at_10(scores: np.ndarray, relevant: list[set[int]]) -> float:
+    return float(np.mean(ndcg_per_query(scores, relevant)))
 
 
 def truncate(e: np.ndarray, dim: int) -> np.ndarray:
@@ -61,7 +65,8 @@ def sts(model, data: Path, limit: int | None) -> dict[int, float]:
     return {d: 100 * spearman(np.sum(truncate(a, d) * truncate(b, d), axis=1), gold) for d in DIMS}
 
 
-def retrieval(model, data: Path, limit: int | None) -> dict[int, float]:
+def retrieval_items(data: Path, limit: int | None = None) -> tuple[list[dict], list[dict], list[set[int]]]:
+    """AIA-BDE's corpus, its (first ``limit``) queries that have a relevant answer, and each one's answer rows."""
     corpus = read_jsonl(data / "aiabde_corpus.jsonl")
     queries = read_jsonl(data / "aiabde_queries.jsonl")[:limit]
     doc_index = {d["_id"]: i for i, d in enumerate(corpus)}
@@ -70,9 +75,13 @@ def retrieval(model, data: Path, limit: int | None) -> dict[int, float]:
         if q["score"] > 0:
             relevant.setdefault(q["query_id"], set()).add(doc_index[q["doc_id"]])
     queries = [q for q in queries if q["_id"] in relevant]
+    return corpus, queries, [relevant[q["_id"]] for q in queries]
+
+
+def retrieval(model, data: Path, limit: int | None) -> dict[int, float]:
+    corpus, queries, rel = retrieval_items(data, limit)
     docs = model.encode([d["text"] for d in corpus], prompt_name="document")
     qs = model.encode([q["text"] for q in queries], prompt_name="query")
-    rel = [relevant[q["_id"]] for q in queries]
     return {d: 100 * ndcg_at_10(truncate(qs, d) @ truncate(docs, d).T, rel) for d in DIMS}
 
 

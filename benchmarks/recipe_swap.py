@@ -98,12 +98,8 @@ def main() -> None:
             bits, group = width(spec)
             for path in [p for p in hessians if re.search(pattern, p)]:
                 weight = np.array(floats[f"{path}.weight"], dtype=np.float64)
-                codes, scales, biases = gptq.quantize(weight, hessians[path], bits, group, damp=args.damp, act_order=True)
-                for round_ in range(args.refit):
-                    if round_:
-                        codes, scales, biases = gptq.quantize(weight, hessians[path], bits, group, damp=args.damp,
-                                                              act_order=True, ranges=(scales, biases))
-                    scales, biases = gptq.refit(weight, hessians[path], codes, bits, group, scales, biases, damp=args.damp)
+                codes, scales, biases = gptq.round_layer(weight, hessians[path], bits, group, act_order=True,
+                                                         refit_rounds=args.refit, damp=args.damp)
                 weights |= {f"{path}.weight": mx.array(codes), f"{path}.scales": mx.array(scales), f"{path}.biases": mx.array(biases)}
                 quantization[path] = {"bits": bits, "group_size": group, "mode": "affine"}
     mx.save_safetensors(str(out / WEIGHTS), weights, metadata={"format": "mlx"})

@@ -171,12 +171,19 @@ def apply(network, float_weights: dict, hessians: dict[str, np.ndarray], clip_gr
     for path, module in network.named_modules():
         if type(module) is nn.QuantizedLinear and path in hessians and module.bits in PACKABLE_BITS:
             weight = np.array(float_weights[f"{path}.weight"], dtype=np.float64)
-            codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid, act_order=act_order)
-            for round_ in range(refit_rounds):
-                if round_:  # GPTQ again, onto the refitted ranges, then refit those codes
-                    codes, scales, biases = quantize(weight, hessians[path], module.bits, module.group_size,
-                                                     act_order=act_order, ranges=(scales, biases))
-                scales, biases = refit(weight, hessians[path], codes, module.bits, module.group_size, scales, biases)
+            codes, scales, biases = round_layer(weight, hessians[path], module.bits, module.group_size, clip_grid=clip_grid,
+                                                act_order=act_order, refit_rounds=refit_rounds)
             module.weight, module.scales, module.biases = mx.array(codes), mx.array(scales), mx.array(biases)
             changed += 1
     return changed
+
+
+def round_layer(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, *, clip_grid: int = 0,
+                act_order: bool = False, refit_rounds: int = 0, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's GPTQ rounding and ``refit_rounds`` rounds of range refit: packed codes, scales, biases."""
+    codes, scales, biases = quantize(weight, hessian, bits, group_size, damp=damp, clip_grid=clip_grid, act_order=act_order)
+    for round_ in range(refit_rounds):
+        if round_:  # GPTQ again, onto the refitted ranges, then refit those codes
+            codes, scales, biases = quantize(weight, hessian, bits, group_size, damp=damp, act_order=act_order, ranges=(scales, biases))
+        scales, biases = refit(weight, hessian, codes, bits, group_size, scales, biases, damp=damp)
+    return codes, scales, biases
