@@ -36,7 +36,7 @@ import numpy as np
 import mlx_embedgemma
 from mlx_embedgemma import precision as storage
 from mlx_embedgemma.benchmarks import precision, quality
-from mlx_embedgemma.benchmarks.fingerprint import git_commit, kernel
+from mlx_embedgemma.benchmarks.fingerprint import git_commit, kernel, model_hash
 from mlx_embedgemma.convert import gptq
 
 HERE = Path(__file__).resolve().parent
@@ -86,9 +86,9 @@ def main() -> None:
         modules = {k.rsplit(".", 1)[0] for k in theirs if k.endswith(".scales") and re.search(pattern, k)}
         if not modules:
             raise SystemExit(f"no quantized module of {donor} matches {pattern!r}")
+        ours = lambda name: name.rsplit(".", 1)[0] in modules
+        weights = {k: v for k, v in weights.items() if not ours(k)} | {k: v for k, v in theirs.items() if ours(k)}
         for module in modules:
-            weights = {k: v for k, v in weights.items() if not k.startswith(module + ".")}
-            weights |= {k: v for k, v in theirs.items() if k.startswith(module + ".")}
             quantization[module] = their_quantization.get(module, {k: their_quantization[k] for k in ("bits", "group_size", "mode")})
     if args.gptq:
         with np.load(args.statistics) as saved:
@@ -105,7 +105,7 @@ def main() -> None:
     mx.save_safetensors(str(out / WEIGHTS), weights, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
-    base_id = quality.model_identity(mlx_embedgemma.load(args.base))["weights_sha256"]
+    base_id = model_hash(args.base)
     model = mlx_embedgemma.load(out)
     experiment = {"table": args.table, "take": args.take, "gptq": args.gptq, "damp": args.damp, "refit": args.refit}
     for name in args.sets.split(","):
