@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -39,7 +38,7 @@ from mlx_embedgemma import precision as storage
 from mlx_embedgemma.benchmarks import precision
 from mlx_embedgemma.benchmarks.fingerprint import git_commit
 from mlx_embedgemma.convert import converter, gptq, recipes
-from mlx_embedgemma.convert.calibration import CALIBRATION_FILE, calibration_texts
+from mlx_embedgemma.convert.calibration import CALIBRATION_FILE, Tap, calibration_texts, token_ids
 from mlx_embedgemma.convert.output import atomic_folder
 from mlx_embedgemma.embedder import EmbeddingGemma
 from mlx_embedgemma.native_layers import BLOCK_LINEARS, NativeAttend, NativeBlock, NativeLinear, _Weights
@@ -50,27 +49,19 @@ SHARED_INPUT = {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "sel
 MODES = ("float", "sequential", "asymmetric")
 
 
-class Tap(nn.Module):
-    """A block's Linear layer that hands its input rows to ``stats`` (once per distinct input)."""
-
-    def __init__(self, name: str, inner: nn.Module, stats: "BlockStatistics"):
-        super().__init__()
-        self.name, self.inner, self._stats = name, inner, stats
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.name not in SHARED_INPUT and self._stats.phase:
-            self._stats.add(self.name, np.asarray(x.reshape(-1, x.shape[-1]).astype(mx.float32)))
-        return self.inner(x)
-
-
 class BlockStatistics:
-    """Per distinct input of a block: XᵀX (float path), X̃ᵀX̃ and (X − X̃)ᵀX̃ (quantized path), in float64."""
+    """Per distinct input of a block: XᵀX (float path), X̃ᵀX̃ and, if asked, (X − X̃)ᵀX̃ (quantized path), in float64."""
 
-    def __init__(self):
-        self.phase, self.float_rows = None, {}
+    def __init__(self, asymmetric: bool):
+        self.asymmetric, self.phase, self.float_rows = asymmetric, None, {}
         self.XX, self.QQ, self.D = {}, {}, {}
 
-    def add(self, name: str, rows: np.ndarray) -> None:
+    def tap(self, name: str, x: mx.array) -> None:
+        """A Linear layer's input; layers fed the same input as another (SHARED_INPUT) add nothing."""
+        if name in SHARED_INPUT or not self.phase:
+            return
+        rows = np.asarray(x.reshape(-1, x.shape[-1]).astype(mx.float32))
+
         def acc(sums, value):
             sums[name] = sums[name] + value if name in sums else value.astype(np.float64)
 
@@ -79,15 +70,8 @@ class BlockStatistics:
             acc(self.XX, rows.T @ rows)
         else:
             acc(self.QQ, rows.T @ rows)
-            acc(self.D, (self.float_rows[name] - rows).T @ rows)
-
-
-def token_ids(model: EmbeddingGemma, pairs, max_tokens: int) -> list[list[int]]:
-    out = []
-    for prompt_name, text in pairs:
-        ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
-        out.append(ids[: max_tokens - 1] + ids[-1:])
-    return out
+            if self.asymmetric:
+                acc(self.D, (self.float_rows[name] - rows).T @ rows)
 
 
 def held_out_error(network, hf: list[mx.array], hq: list[mx.array]) -> dict:
@@ -138,10 +122,10 @@ def main() -> None:
     valid = [mx.ones((1, len(ids)), dtype=mx.bool_) for ids in texts]
     rounded, per_block = {}, []
     for i, block in enumerate(blocks):
-        stats = BlockStatistics()
+        stats = BlockStatistics(args.mode == "asymmetric")
         linears = {n: m for n, m in block.named_modules() if n in BLOCK_LINEARS}
         attend = block.self_attn.attend
-        block.update_modules(tree_unflatten([(n, Tap(n, NativeLinear.from_module(m), stats)) for n, m in linears.items()]))
+        block.update_modules(tree_unflatten([(n, Tap(NativeLinear.from_module(m), lambda x, n=n: stats.tap(n, x))) for n, m in linears.items()]))
         block.self_attn.attend = NativeAttend(attend)
         for t in range(len(texts)):
             stats.phase = "float" if t < len(calibration) else None

@@ -175,7 +175,7 @@ def build_calibration_texts(limit: int = 128) -> list[tuple[str, str]]:
     return [(_PROMPT_CYCLE[i % len(_PROMPT_CYCLE)], t) for i, t in enumerate(texts[:limit])]
 
 
-class _Tap(nn.Module):
+class Tap(nn.Module):
     """Passes through to a Linear layer and reports its input."""
 
     def __init__(self, inner: nn.Module, report: Callable[[mx.array], None]):
@@ -186,6 +186,15 @@ class _Tap(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         self._report(x)
         return self.inner(x)
+
+
+def token_ids(model: EmbeddingGemma, texts: list[tuple[str, str]], max_tokens: int) -> list[list[int]]:
+    """Each (prompt name, text) as the model tokenizes it, cut to ``max_tokens`` with its ``<eos>`` kept."""
+    out = []
+    for prompt_name, text in texts:
+        ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
+        out.append(ids[: max_tokens - 1] + ids[-1:])
+    return out
 
 
 def collect_hessians(
@@ -212,11 +221,9 @@ def collect_hessians(
             last[:] = [x, (rows.T @ rows).astype(np.float64) * stride]
         sums[path] = sums[path] + last[1] if path in sums else last[1].copy()
 
-    network.update_modules(_unflatten({p: _Tap(m, lambda x, p=p: report(p, x)) for p, m in linears.items()}))
+    network.update_modules(_unflatten({p: Tap(m, lambda x, p=p: report(p, x)) for p, m in linears.items()}))
     try:
-        for prompt_name, text in texts:
-            ids = model.tokenizer.encode([model.prompt_prefix(prompt_name if prompt_name in model.prompts else None, None) + text]).ids[0]
-            ids = ids[: max_tokens - 1] + ids[-1:]
+        for ids in token_ids(model, texts, max_tokens):
             mx.eval(network(mx.array([ids]), mx.ones((1, len(ids)), dtype=mx.bool_)))
     finally:
         network.update_modules(_unflatten(linears))
